@@ -1,0 +1,47 @@
+//! Packing a batch's texts into as few embeddings requests as the API allows.
+
+/// OpenAI's per-request limits for `/v1/embeddings`.
+pub const MAX_INPUTS_PER_REQUEST: usize = 2048;
+pub const MAX_TOKENS_PER_REQUEST: usize = 300_000;
+
+/// Splits items (with their token counts) into consecutive groups of at most
+/// `max_inputs` items and `max_tokens` tokens, keeping their order.
+pub fn pack(
+    token_counts: &[usize],
+    max_inputs: usize,
+    max_tokens: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let max_inputs = max_inputs.clamp(1, MAX_INPUTS_PER_REQUEST);
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut tokens = 0;
+    for (i, &n) in token_counts.iter().enumerate() {
+        let full = i - start >= max_inputs || (i > start && tokens + n > max_tokens);
+        if full {
+            groups.push(start..i);
+            start = i;
+            tokens = 0;
+        }
+        tokens += n;
+    }
+    if start < token_counts.len() {
+        groups.push(start..token_counts.len());
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn respects_count_and_token_limits() {
+        assert_eq!(pack(&[1; 5], 2, 100), vec![0..2, 2..4, 4..5]);
+        assert_eq!(pack(&[8000, 8000, 8000], 100, 16_000), vec![0..2, 2..3]);
+        assert!(pack(&[], 10, 10).is_empty());
+        let many = vec![8191; 100];
+        for g in pack(&many, 100, MAX_TOKENS_PER_REQUEST) {
+            assert!(g.len() * 8191 <= MAX_TOKENS_PER_REQUEST);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The operator CLI: run a backfill in one process, or dispatch to SQS and
+//! work the queue, watch a run's status, and check coverage.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use embed_backfill::dispatch::{DispatchRequest, DispatchSummary};
+use embed_backfill::documents::Coverage;
+use embed_backfill::ids::RunId;
+use embed_backfill::progress::{self, human_duration};
+use embed_backfill::queue::MemoryQueue;
+use embed_backfill::runner::{self, ConsumeOptions, LocalOptions};
+use embed_backfill::status::RunStatus;
+use embed_backfill::{config, logging, setup};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "backfill", version, about = "Backfill OpenAI embeddings into a Supabase table", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dispatch and embed in this one process, with no AWS: the old script's job, concurrently.
+    Run(RunArgs),
+    /// Page the ids into batches and queue one SQS message per batch (what the dispatcher Lambda does).
+    Dispatch(DispatchArgs),
+    /// Consume the SQS queue the way the worker Lambda's event source mapping does.
+    Work(WorkArgs),
+    /// Show a run's state, progress, rate, ETA, cost and failures (the latest run by default).
+    Status(StatusArgs),
+    /// Check embedding coverage, as the guide's SQL does.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Clone)]
+struct Selection {
+    /// Maximum number of documents to process (default: all)
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Only process documents whose archive equals this exactly
+    #[arg(long)]
+    archive: Option<String>,
+    /// Start after this document id (ids are processed in ascending order)
+    #[arg(long, value_name = "ID")]
+    resume_from_id: Option<i64>,
+    /// Documents per batch, i.e. per SQS message and status write [default: 100, max: 1000]
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Inputs per OpenAI request [default: 100, max: 2048]
+    #[arg(long)]
+    embedding_batch_size: Option<u32>,
+    /// Count documents, tokens and cost from the real texts; write and queue nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Selection {
+    fn request(&self) -> DispatchRequest {
+        DispatchRequest {
+            archive: self.archive.clone(),
+            limit: self.limit,
+            resume_from_id: self.resume_from_id,
+            batch_size: self.batch_size,
+            embedding_batch_size: self.embedding_batch_size,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    selection: Selection,
+    /// Batches embedded at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Print the final status as JSON instead of a progress bar
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DispatchArgs {
+    #[command(flatten)]
+    selection: Selection,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct WorkArgs {
+    /// Stop when the queue is empty instead of polling forever
+    #[arg(long)]
+    until_empty: bool,
+    /// Receive loops at once, each handling up to 10 messages
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// Seconds one receive may take, like the worker Lambda's timeout
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The run (default: the latest)
+    run_id: Option<RunId>,
+    /// Refresh every 2 seconds until the run finishes
+    #[arg(long)]
+    watch: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[arg(long)]
+    archive: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let _ = dotenvy::dotenv();
+    logging::init_cli(if matches!(cli.command, Command::Run(ref a) if !a.json) {
+        "warn"
+    } else {
+        "info"
+    });
+    if let Err(e) = execute(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn execute(cli: Cli) -> Result<()> {
+    let env = config::process_env();
+    match cli.command {
+        Command::Run(args) => run(&env, args).await,
+        Command::Dispatch(args) => {
+            let options = args.selection.request().validate()?;
+            let stores = setup::stores(&env)?;
+            let queue = if options.dry_run {
+                None
+            } else {
+                Some(setup::sqs_queue(&env).await?)
+            };
+            let summary = match queue {
+                Some(q) => {
+                    setup::dispatcher(&env, &stores, q)?
+                        .dispatch(&options)
+                        .await?
+                }
+                None => {
+                    setup::dispatcher(&env, &stores, MemoryQueue::new())?
+                        .dispatch(&options)
+                        .await?
+                }
+            };
+            print_summary(&summary, args.json)
+        }
+        Command::Work(args) => {
+            let stores = setup::stores(&env)?;
+            let worker = setup::worker(&env, &stores)?;
+            let queue = setup::sqs_queue(&env).await?;
+            let opts = ConsumeOptions {
+                until_empty: args.until_empty,
+                concurrency: args.concurrency.into(),
+                wait: if args.until_empty {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_secs(20)
+                },
+                message_timeout: Duration::from_secs(args.timeout_secs),
+            };
+            let tally = runner::consume_sqs(&worker, &queue, &opts).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&tally)?);
+            } else {
+                println!(
+                    "Handled {} message(s): {} succeeded, {} failed (left on the queue for retry); {} documents embedded, {} tokens",
+                    tally.messages, tally.succeeded, tally.failed, tally.documents_embedded, tally.tokens
+                );
+            }
+            Ok(())
+        }
+        Command::Status(args) => {
+            let stores = setup::stores(&env)?;
+            loop {
+                let Some(status) = stores.status.run_status(args.run_id).await? else {
+                    match args.run_id {
+                        Some(id) => bail!("no run {id} in backfill_runs"),
+                        None => bail!(
+                            "no runs yet: start one with `backfill dispatch` or `backfill run`"
+                        ),
+                    }
+                };
+                if args.json {
+                    let mut value = serde_json::to_value(&status)?;
+                    value["progress"] = serde_json::to_value(progress::of(&status))?;
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                } else {
+                    print_status(&status);
+                }
+                if !args.watch || status.state.is_finished() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if !args.json {
+                    println!();
+                }
+            }
+        }
+        Command::Verify(args) => {
+            let stores = setup::stores(&env)?;
+            let coverage = stores.docs.coverage(args.archive.as_deref()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&coverage)?);
+            } else {
+                print_coverage(&coverage, args.archive.as_deref());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run<F: Fn(&str) -> Option<String>>(env: &config::Env<F>, args: RunArgs) -> Result<()> {
+    let options = args.selection.request().validate()?;
+    let stores = setup::stores(env)?;
+    let queue = Arc::new(MemoryQueue::new());
+    let dispatcher = setup::dispatcher(env, &stores, queue.clone())?;
+    if options.dry_run {
+        return print_summary(&dispatcher.dispatch(&options).await?, args.json);
+    }
+    let worker = setup::worker(env, &stores)?;
+    let local = LocalOptions {
+        concurrency: args.concurrency.into(),
+        max_receive_count: env.queue().map(|q| q.max_receive_count).unwrap_or(5),
+        retry_delay: Duration::from_secs(2),
+        message_timeout: Duration::from_secs(600),
+    };
+    let run_id = RunId::random();
+    let bar = (!args.json).then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} ({percent}%) {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let finished = AtomicBool::new(false);
+    let watch = async {
+        let Some(bar) = &bar else { return };
+        while !finished.load(Ordering::Relaxed) {
+            if let Ok(Some(s)) = stores.status.run_status(Some(run_id)).await {
+                let p = progress::of(&s);
+                bar.set_length(p.total);
+                bar.set_position(p.processed);
+                bar.set_message(format!(
+                    "{:.1} docs/s | elapsed {} | ETA {}",
+                    p.docs_per_sec,
+                    human_duration(Duration::from_secs_f64(p.elapsed_secs)),
+                    p.eta_secs
+                        .map(|e| human_duration(Duration::from_secs_f64(e)))
+                        .unwrap_or_else(|| "-".into())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let work = async {
+        let result = runner::run_local(
+            &dispatcher,
+            queue.clone(),
+            &worker,
+            run_id,
+            &options,
+            &local,
+        )
+        .await;
+        finished.store(true, Ordering::Relaxed);
+        result
+    };
+    let (result, ()) = tokio::join!(work, watch);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    result?;
+    let status = stores
+        .status
+        .run_status(Some(run_id))
+        .await?
+        .context("the run vanished from backfill_runs")?;
+    if args.json {
+        let mut value = serde_json::to_value(&status)?;
+        value["progress"] = serde_json::to_value(progress::of(&status))?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &DispatchSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+        return Ok(());
+    }
+    let what = summary
+        .archive
+        .as_deref()
+        .map(|a| format!("archive {a:?}"))
+        .unwrap_or_else(|| "all archives".into());
+    match summary.run_id {
+        Some(id) => println!("Run {id} dispatched ({what})"),
+        None => println!("Dry run ({what}): nothing was written or queued"),
+    }
+    println!("  Documents: {}", summary.documents);
+    println!("  Batches:   {}", summary.batches);
+    println!(
+        "  Tokens:    {} ({})",
+        summary.estimated_tokens,
+        if summary.dry_run {
+            "counted with cl100k_base after truncation"
+        } else {
+            "estimated at 4 characters a token; --dry-run counts exactly"
+        }
+    );
+    println!("  Cost:      ${:.4}", summary.estimated_cost_usd);
+    Ok(())
+}
+
+fn print_status(s: &RunStatus) {
+    let p = progress::of(s);
+    let what = s
+        .archive
+        .as_deref()
+        .map(|a| format!("archive {a:?}"))
+        .unwrap_or_else(|| "all archives".into());
+    println!("Run {} ({what}): {}", s.id, s.state.as_str());
+    println!(
+        "  Progress: {}/{} ({:.1}%)",
+        p.processed, p.total, p.percent
+    );
+    println!(
+        "  Rate: {:.1} docs/sec | Elapsed: {} | ETA: {}",
+        p.docs_per_sec,
+        human_duration(Duration::from_secs_f64(p.elapsed_secs)),
+        p.eta_secs
+            .map(|e| human_duration(Duration::from_secs_f64(e)))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  Documents: {} embedded, {} skipped, {} failed | Batches: {}/{} done, {} failed",
+        s.documents_embedded,
+        s.documents_skipped,
+        s.documents_failed,
+        s.batches_done,
+        s.total_batches,
+        s.batches_failed
+    );
+    println!(
+        "  Tokens: {} (estimated {}) | Cost: ${:.4} (estimated ${:.4})",
+        s.tokens_used, s.estimated_tokens, s.actual_cost_usd, s.estimated_cost_usd
+    );
+    if let Some(e) = &s.last_error {
+        println!("  Last error: {e}");
+    }
+    for b in &s.failed_batches {
+        println!(
+            "  Batch {} (ids {}..{}) {:?} after {} attempt(s): {}",
+            b.seq,
+            b.first_id,
+            b.last_id,
+            b.state,
+            b.attempts,
+            b.error.as_deref().unwrap_or("-")
+        );
+    }
+    for d in &s.failed_documents {
+        println!("  Document {} failed: {}", d.id, d.reason);
+    }
+}
+
+fn print_coverage(c: &Coverage, archive: Option<&str>) {
+    let what = archive
+        .map(|a| format!("archive {a:?}"))
+        .unwrap_or_else(|| "all archives".into());
+    println!("Coverage ({what}): {:.2}%", c.coverage_percent);
+    println!("  with_embeddings:    {}", c.with_embeddings);
+    println!("  without_embeddings: {}", c.without_embeddings);
+    if c.empty_content > 0 {
+        println!(
+            "  (of which {} have empty content and cannot be embedded)",
+            c.empty_content
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! Settings read from the environment (or a `.env` file, loaded by the binaries),
+//! under the names the old TypeScript tool and Supabase use.
+
+use crate::documents::Target;
+use crate::secret::Secret;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{name} is not set: {hint}")]
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Which variable the Supabase key came from, so errors can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    SecretKey,
+    ServiceRoleKey,
+}
+
+impl KeySource {
+    pub fn var_name(self) -> &'static str {
+        match self {
+            KeySource::SecretKey => "SUPABASE_SECRET_KEY",
+            KeySource::ServiceRoleKey => "SUPABASE_SERVICE_ROLE_KEY",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SupabaseConfig {
+    /// Base URL of the PostgREST API (project URL plus the REST path).
+    pub rest_url: String,
+    pub key: Secret,
+    pub key_source: KeySource,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenAiConfig {
+    pub base_url: String,
+    pub api_key: Secret,
+    pub model: String,
+    pub dimensions: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub queue_url: String,
+    pub dlq_url: Option<String>,
+    /// The queue's maxReceiveCount: at that delivery a failing batch is recorded
+    /// as failed, since SQS moves it to the dead-letter queue next.
+    pub max_receive_count: u32,
+}
+
+const SUPABASE_URL_HINT: &str =
+    "set it to your Supabase project URL (https://<project-ref>.supabase.co) in the environment or .env";
+const SUPABASE_KEY_HINT: &str = "set SUPABASE_SECRET_KEY (sb_secret_...) or SUPABASE_SERVICE_ROLE_KEY (the service_role JWT) from the project's API settings";
+const OPENAI_KEY_HINT: &str = "set it to an OpenAI API key with access to the embeddings API";
+const QUEUE_HINT: &str = "set it to the URL of the backfill SQS queue (the stack output QueueUrl)";
+
+/// Reads settings through a lookup function, so tests can pass a map instead of
+/// mutating the process environment.
+pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, name: &'static str, hint: &'static str) -> Result<String, ConfigError> {
+        self.get(name).ok_or(ConfigError::Missing { name, hint })
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn supabase(&self) -> Result<SupabaseConfig, ConfigError> {
+        let url = self.require("SUPABASE_URL", SUPABASE_URL_HINT)?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                name: "SUPABASE_URL",
+                value: url,
+                reason: "it must start with https:// (or http:// for a local stack)".into(),
+            });
+        }
+        let path = self
+            .get("SUPABASE_REST_PATH")
+            .unwrap_or_else(|| "/rest/v1".into());
+        let rest_url = format!("{}/{}", url.trim_end_matches('/'), path.trim_matches('/'))
+            .trim_end_matches('/')
+            .to_string();
+        let (key, key_source) = match (
+            self.get("SUPABASE_SECRET_KEY"),
+            self.get("SUPABASE_SERVICE_ROLE_KEY"),
+        ) {
+            (Some(k), _) => (k, KeySource::SecretKey),
+            (None, Some(k)) => (k, KeySource::ServiceRoleKey),
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    name: "SUPABASE_SERVICE_ROLE_KEY",
+                    hint: SUPABASE_KEY_HINT,
+                })
+            }
+        };
+        Ok(SupabaseConfig {
+            rest_url,
+            key: Secret::new(key),
+            key_source,
+            timeout: Duration::from_secs(self.parse("BACKFILL_HTTP_TIMEOUT_SECS", 60u64)?),
+        })
+    }
+
+    pub fn openai(&self) -> Result<OpenAiConfig, ConfigError> {
+        let api_key = Secret::new(self.require("OPENAI_API_KEY", OPENAI_KEY_HINT)?);
+        let base_url = self
+            .get("OPENAI_BASE_URL")
+            .unwrap_or_else(|| "https://api.openai.com/v1".into())
+            .trim_end_matches('/')
+            .to_string();
+        let dimensions: u32 = self.parse("BACKFILL_EMBEDDING_DIMENSIONS", 1536)?;
+        if !(1..=3072).contains(&dimensions) {
+            return Err(ConfigError::Invalid {
+                name: "BACKFILL_EMBEDDING_DIMENSIONS",
+                value: dimensions.to_string(),
+                reason: "it must be between 1 and 3072, and match the embedding column".into(),
+            });
+        }
+        Ok(OpenAiConfig {
+            base_url,
+            api_key,
+            model: self
+                .get("OPENAI_EMBEDDING_MODEL")
+                .unwrap_or_else(|| "text-embedding-3-small".into()),
+            dimensions,
+            timeout: Duration::from_secs(self.parse("BACKFILL_HTTP_TIMEOUT_SECS", 60u64)?),
+        })
+    }
+
+    pub fn queue(&self) -> Result<QueueConfig, ConfigError> {
+        let max_receive_count: u32 = self.parse("BACKFILL_MAX_RECEIVE_COUNT", 5)?;
+        if max_receive_count == 0 {
+            return Err(ConfigError::Invalid {
+                name: "BACKFILL_MAX_RECEIVE_COUNT",
+                value: "0".into(),
+                reason: "it must match the queue's RedrivePolicy maxReceiveCount (at least 1)"
+                    .into(),
+            });
+        }
+        Ok(QueueConfig {
+            queue_url: self.require("BACKFILL_QUEUE_URL", QUEUE_HINT)?,
+            dlq_url: self.get("BACKFILL_DLQ_URL"),
+            max_receive_count,
+        })
+    }
+
+    pub fn target(&self) -> Result<Target, ConfigError> {
+        let ident = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = self.get(name).unwrap_or_else(|| default.to_string());
+            validate_ident(&v).map_err(|reason| ConfigError::Invalid {
+                name,
+                value: v.clone(),
+                reason,
+            })?;
+            Ok(v)
+        };
+        Ok(Target {
+            schema: ident("BACKFILL_SCHEMA", "public")?,
+            table: ident("BACKFILL_TABLE", "lovdata_documents")?,
+            id: ident("BACKFILL_ID_COLUMN", "id")?,
+            content: ident("BACKFILL_CONTENT_COLUMN", "content")?,
+            archive: ident("BACKFILL_ARCHIVE_COLUMN", "archive")?,
+            embedding: ident("BACKFILL_EMBEDDING_COLUMN", "embedding")?,
+        })
+    }
+}
+
+/// Settings from the process environment.
+pub fn process_env() -> Env<impl Fn(&str) -> Option<String>> {
+    Env(|name: &str| std::env::var(name).ok())
+}
+
+fn validate_ident(v: &str) -> Result<(), String> {
+    let mut chars = v.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || v.len() > 63 {
+        return Err("a table or column name must be letters, digits and _ (at most 63), not starting with a digit".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env(move |k: &str| map.get(k).cloned())
+    }
+
+    #[test]
+    fn supabase_url_gets_the_rest_path() {
+        let e = env(&[
+            ("SUPABASE_URL", "https://abc.supabase.co/"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "eyJx.eyJy.z"),
+        ]);
+        let s = e.supabase().unwrap();
+        assert_eq!(s.rest_url, "https://abc.supabase.co/rest/v1");
+        assert_eq!(s.key_source, KeySource::ServiceRoleKey);
+        let local = env(&[
+            ("SUPABASE_URL", "http://127.0.0.1:1"),
+            ("SUPABASE_REST_PATH", "/"),
+            ("SUPABASE_SECRET_KEY", "sb_secret_x"),
+        ]);
+        let s = local.supabase().unwrap();
+        assert_eq!(s.rest_url, "http://127.0.0.1:1");
+        assert_eq!(s.key_source, KeySource::SecretKey);
+    }
+
+    #[test]
+    fn missing_values_name_the_variable() {
+        let e = env(&[("SUPABASE_URL", "https://abc.supabase.co")]);
+        let err = e.supabase().unwrap_err().to_string();
+        assert!(err.contains("SUPABASE_SERVICE_ROLE_KEY"), "{err}");
+        let err = env(&[]).openai().unwrap_err().to_string();
+        assert!(err.starts_with("OPENAI_API_KEY is not set"), "{err}");
+    }
+
+    #[test]
+    fn identifiers_are_validated() {
+        let e = env(&[("BACKFILL_TABLE", "docs; drop table x")]);
+        let err = e.target().unwrap_err().to_string();
+        assert!(err.contains("BACKFILL_TABLE"), "{err}");
+        assert_eq!(env(&[]).target().unwrap().table, "lovdata_documents");
+    }
+}

@@ -1,0 +1,74 @@
+//! The Lambda handlers, as plain async functions over the library types, so
+//! tests call them with a hand-made event and the binaries stay a few lines.
+
+use crate::dispatch::{DispatchError, DispatchRequest, DispatchSummary, Dispatcher, EventError};
+use crate::queue::{IncomingMessage, Queue};
+use crate::worker::Worker;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+use thiserror::Error;
+use tokio::time::Instant;
+
+#[derive(Debug, Error)]
+pub enum HandlerError {
+    #[error("invalid dispatcher event: {0}")]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error("{0} message(s) without a messageId failed and cannot be reported one by one; the whole event is retried (already finished batches are skipped)")]
+    UnreportableFailures(usize),
+}
+
+pub async fn dispatch_event<Q: Queue>(
+    dispatcher: &Dispatcher<Q>,
+    event: Value,
+) -> Result<DispatchSummary, HandlerError> {
+    let options = DispatchRequest::from_value(event)?.validate()?;
+    Ok(dispatcher.dispatch(&options).await?)
+}
+
+/// Handles an SQS event with partial batch responses: only the failed
+/// messages go back to the queue.
+pub async fn sqs_event(
+    worker: &Worker,
+    event: SqsEvent,
+    deadline: Option<Instant>,
+) -> Result<SqsBatchResponse, HandlerError> {
+    let messages: Vec<IncomingMessage> = event
+        .records
+        .into_iter()
+        .map(|r| IncomingMessage {
+            receive_count: r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            message_id: r.message_id,
+            body: r.body.unwrap_or_default(),
+        })
+        .collect();
+    let results = worker.handle_all(&messages, deadline).await;
+    let mut response = SqsBatchResponse::default();
+    let mut unreportable = 0;
+    for (msg, result) in messages.iter().zip(results) {
+        if result.is_err() {
+            match &msg.message_id {
+                Some(id) => response.add_failure(id.clone()),
+                None => unreportable += 1,
+            }
+        }
+    }
+    if unreportable > 0 {
+        return Err(HandlerError::UnreportableFailures(unreportable));
+    }
+    Ok(response)
+}
+
+/// Lambda's deadline as a tokio instant.
+pub fn deadline_from(system_deadline: SystemTime) -> Instant {
+    let left = system_deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}

@@ -1,0 +1,26 @@
+//! embed-backfill: fills a pgvector column with OpenAI embeddings for every
+//! document that lacks one, through Supabase's REST API, fanned out over SQS.
+//!
+//! The dispatcher pages ids into batches ([`dispatch`]), the queue carries one
+//! message per batch ([`queue`]), the worker embeds and writes each batch
+//! ([`worker`]), and the status tables count each batch once ([`status`]).
+
+pub mod batching;
+pub mod config;
+pub mod cost;
+pub mod dispatch;
+pub mod documents;
+pub mod embedder;
+pub mod handlers;
+pub mod ids;
+pub mod logging;
+pub mod progress;
+pub mod queue;
+pub mod retry;
+pub mod runner;
+pub mod secret;
+pub mod setup;
+pub mod status;
+pub mod supabase;
+pub mod tokens;
+pub mod worker;

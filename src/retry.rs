@@ -1,0 +1,134 @@
+//! When to try again: exponential backoff with full jitter, pushed out to what
+//! the server asked for (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),
+//! and never past the caller's deadline.
+
+use rand::Rng;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(20),
+            max_attempts: 6,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `attempt + 1` (attempts count from 1), or `None`
+    /// when the attempts are spent or the wait would end too close to `deadline`.
+    pub fn next_delay(
+        &self,
+        attempt: u32,
+        server_hint: Option<Duration>,
+        deadline: Option<Instant>,
+        margin: Duration,
+    ) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let exp = self
+            .base
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
+            .min(self.cap);
+        let jittered = Duration::from_secs_f64(rand::rng().random_range(0.0..=exp.as_secs_f64()));
+        let delay = match server_hint {
+            // Full jitter below the server's hint would hit the limit again; add a
+            // little jitter above it so concurrent workers do not wake together.
+            Some(hint) => hint + jittered / 4,
+            None => jittered,
+        };
+        if let Some(deadline) = deadline {
+            if Instant::now() + delay + margin > deadline {
+                return None;
+            }
+        }
+        Some(delay)
+    }
+}
+
+/// Parses Go-style durations as OpenAI sends them in `x-ratelimit-reset-*`:
+/// `1s`, `6m0s`, `20ms`, `2.812s`, `1h2m3s`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * factor;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(
+            parse_go_duration("2.812s"),
+            Some(Duration::from_millis(2812))
+        );
+        assert_eq!(parse_go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_go_duration("soon"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn backoff_stops_at_attempts_and_deadline() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+            max_attempts: 3,
+        };
+        assert!(b.next_delay(1, None, None, Duration::ZERO).unwrap() <= Duration::from_millis(10));
+        assert!(b.next_delay(3, None, None, Duration::ZERO).is_none());
+        let hinted = b
+            .next_delay(1, Some(Duration::from_secs(2)), None, Duration::ZERO)
+            .unwrap();
+        assert!(hinted >= Duration::from_secs(2));
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(b
+            .next_delay(1, Some(Duration::from_secs(1)), Some(soon), Duration::ZERO)
+            .is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! The status row of a run and the rows of its batches, changed only through
+//! the RPC functions of `infra/migrations/0004_backfill_rpc.sql`, which guard
+//! every state change so a batch delivered twice is counted once.
+
+use crate::documents::Target;
+use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::supabase::{Rest, RestError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Dispatching,
+    Running,
+    Completed,
+    CompletedWithErrors,
+    Failed,
+}
+
+impl RunState {
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunState::Completed | RunState::CompletedWithErrors | RunState::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Dispatching => "dispatching",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::CompletedWithErrors => "completed_with_errors",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Pending,
+    Queued,
+    Running,
+    Retrying,
+    Done,
+    DoneWithFailures,
+    Failed,
+}
+
+impl BatchState {
+    pub fn is_done(self) -> bool {
+        matches!(self, BatchState::Done | BatchState::DoneWithFailures)
+    }
+}
+
+/// A run's status row as stored, plus the failures `backfill status` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub id: RunId,
+    pub params: Value,
+    pub archive: Option<String>,
+    pub state: RunState,
+    pub cursor_id: Option<DocumentId>,
+    pub next_seq: u32,
+    pub total_documents: u64,
+    pub total_batches: u64,
+    pub batches_done: u64,
+    pub batches_failed: u64,
+    pub documents_embedded: u64,
+    pub documents_skipped: u64,
+    pub documents_failed: u64,
+    pub tokens_used: u64,
+    pub estimated_tokens: u64,
+    pub estimated_cost_usd: f64,
+    pub actual_cost_usd: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// The database's clock when this was read, for rates and ETAs.
+    pub now: DateTime<Utc>,
+    #[serde(default)]
+    pub failed_batches: Vec<FailedBatch>,
+    #[serde(default)]
+    pub failed_documents: Vec<FailedDocument>,
+}
+
+impl RunStatus {
+    pub fn documents_processed(&self) -> u64 {
+        self.documents_embedded + self.documents_skipped + self.documents_failed
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedBatch {
+    pub seq: BatchSeq,
+    pub first_id: DocumentId,
+    pub last_id: DocumentId,
+    pub state: BatchState,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FailedDocument {
+    pub id: DocumentId,
+    pub reason: String,
+}
+
+/// A batch about to be recorded by the dispatcher.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewBatch {
+    pub seq: BatchSeq,
+    pub ids: Vec<DocumentId>,
+    pub estimated_tokens: u64,
+}
+
+/// What a worker learns when it starts on a message.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BatchStart {
+    pub run_found: bool,
+    #[serde(default)]
+    pub batch_found: bool,
+    #[serde(default)]
+    pub params: Option<Value>,
+    #[serde(default)]
+    pub state: Option<BatchState>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub ids: Vec<DocumentId>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Completion {
+    /// False when the batch had already ended: nothing was counted again.
+    pub counted: bool,
+    pub written: u64,
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FailureRecord {
+    pub counted: bool,
+}
+
+/// A vector to write, serialised as pgvector's JSON-array text form.
+#[derive(Clone, Debug, Serialize)]
+pub struct VectorRow<'a> {
+    pub id: DocumentId,
+    pub embedding: &'a [f32],
+}
+
+#[derive(Clone, Debug)]
+pub struct StatusStore {
+    rest: Rest,
+}
+
+impl StatusStore {
+    pub fn new(rest: Rest) -> Self {
+        Self { rest }
+    }
+
+    pub async fn create_run(
+        &self,
+        run: RunId,
+        params: &Value,
+        archive: Option<&str>,
+        price_per_million_tokens: f64,
+    ) -> Result<RunStatus, RestError> {
+        self.rest
+            .rpc(
+                "backfill_create_run",
+                &json!({
+                    "p_run_id": run,
+                    "p_params": params,
+                    "p_archive": archive,
+                    "p_price_per_million_tokens": price_per_million_tokens,
+                }),
+            )
+            .await
+    }
+
+    /// Records a page of batches and the cursor after them, atomically.
+    pub async fn add_batches(
+        &self,
+        run: RunId,
+        batches: &[NewBatch],
+        cursor: DocumentId,
+    ) -> Result<RunStatus, RestError> {
+        self.rest
+            .rpc(
+                "backfill_add_batches",
+                &json!({ "p_run_id": run, "p_batches": batches, "p_cursor_id": cursor }),
+            )
+            .await
+    }
+
+    /// Batches recorded but not yet confirmed sent to the queue.
+    pub async fn pending_batches(&self, run: RunId) -> Result<Vec<BatchSeq>, RestError> {
+        #[derive(Deserialize)]
+        struct Row {
+            seq: BatchSeq,
+        }
+        let rows: Vec<Row> = self
+            .rest
+            .rpc("backfill_pending_batches", &json!({ "p_run_id": run }))
+            .await?;
+        Ok(rows.into_iter().map(|r| r.seq).collect())
+    }
+
+    pub async fn mark_queued(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, RestError> {
+        self.rest
+            .rpc(
+                "backfill_mark_queued",
+                &json!({ "p_run_id": run, "p_seqs": seqs }),
+            )
+            .await
+    }
+
+    pub async fn finish_dispatch(&self, run: RunId) -> Result<RunStatus, RestError> {
+        self.rest
+            .rpc("backfill_finish_dispatch", &json!({ "p_run_id": run }))
+            .await
+    }
+
+    pub async fn fail_run(&self, run: RunId, error: &str) -> Result<RunStatus, RestError> {
+        self.rest
+            .rpc(
+                "backfill_fail_run",
+                &json!({ "p_run_id": run, "p_error": error }),
+            )
+            .await
+    }
+
+    pub async fn begin_batch(&self, run: RunId, seq: BatchSeq) -> Result<BatchStart, RestError> {
+        self.rest
+            .rpc(
+                "backfill_begin_batch",
+                &json!({ "p_run_id": run, "p_seq": seq }),
+            )
+            .await
+    }
+
+    /// Writes the vectors, ends the batch and advances the run in one transaction.
+    pub async fn complete_batch(
+        &self,
+        target: &Target,
+        run: RunId,
+        seq: BatchSeq,
+        vectors: &[VectorRow<'_>],
+        tokens: u64,
+        failures: &[FailedDocument],
+    ) -> Result<Completion, RestError> {
+        self.rest
+            .rpc(
+                "backfill_complete_batch",
+                &json!({
+                    "p_target": target,
+                    "p_run_id": run,
+                    "p_seq": seq,
+                    "p_vectors": vectors,
+                    "p_tokens": tokens,
+                    "p_failures": failures,
+                }),
+            )
+            .await
+    }
+
+    pub async fn fail_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        error: &str,
+        permanent: bool,
+    ) -> Result<FailureRecord, RestError> {
+        self.rest
+            .rpc(
+                "backfill_fail_batch",
+                &json!({ "p_run_id": run, "p_seq": seq, "p_error": error, "p_permanent": permanent }),
+            )
+            .await
+    }
+
+    /// The run, or the latest run when `run` is `None`; `None` when there is none.
+    pub async fn run_status(&self, run: Option<RunId>) -> Result<Option<RunStatus>, RestError> {
+        self.rest
+            .rpc("backfill_run_status", &json!({ "p_run_id": run }))
+            .await
+    }
+}

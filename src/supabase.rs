@@ -1,0 +1,239 @@
+//! PostgREST access (Supabase's REST API) through postgrest-rs, with errors an
+//! operator can act on. Every call is an RPC with a JSON body.
+
+use crate::config::{KeySource, SupabaseConfig};
+use postgrest::Postgrest;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The migration that creates each RPC function, so a missing one names its fix.
+const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[("backfill_", "0004_backfill_rpc.sql")];
+const MIGRATE_HINT: &str = "run scripts/migrate.sh with DATABASE_URL pointing at the database";
+
+#[derive(Debug, Error)]
+pub enum RestError {
+    #[error("cannot reach the Supabase REST API at {url}: {reason}. Check SUPABASE_URL and that the service is up")]
+    Unreachable { url: String, reason: String },
+    #[error("the Supabase REST API at {url} did not answer {function} within {timeout:?}")]
+    Timeout {
+        url: String,
+        function: String,
+        timeout: Duration,
+    },
+    #[error("Supabase refused the key in {key_var} (HTTP {status}: {message}). Set {key_var} to the project's service_role key (or SUPABASE_SECRET_KEY to a secret key)")]
+    Unauthorized {
+        key_var: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("the database lacks {what}: apply infra/migrations/{migration} ({MIGRATE_HINT}). Server said: {message}")]
+    MissingMigration {
+        what: String,
+        migration: &'static str,
+        message: String,
+    },
+    #[error("{function} failed with HTTP {status} ({code}): {message}{}", hint.as_deref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+    Server {
+        function: String,
+        status: u16,
+        code: String,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("{function} answered with a body this version cannot read: {reason}")]
+    Decode { function: String, reason: String },
+}
+
+impl RestError {
+    /// Worth another try later: the service may come back, unlike a bad key or
+    /// a missing migration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RestError::Unreachable { .. } | RestError::Timeout { .. } => true,
+            RestError::Server { status, code, .. } => {
+                *status >= 500
+                    || *status == 408
+                    || *status == 429
+                    || code.starts_with("08")
+                    || code == "40001"
+                    || code == "40P01"
+                    || code == "57P01"
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct PgError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    details: Option<Value>,
+    #[serde(default)]
+    hint: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Rest {
+    client: Postgrest,
+    url: String,
+    key_source: KeySource,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rest")
+            .field("url", &self.url)
+            .field("key_source", &self.key_source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rest {
+    pub fn new(cfg: &SupabaseConfig) -> Result<Self, RestError> {
+        let key = cfg.key.expose();
+        // postgrest-rs panics on a value that cannot be a header; refuse it first.
+        if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(RestError::Unauthorized {
+                key_var: cfg.key_source.var_name(),
+                status: 0,
+                message: "the key holds spaces or characters that cannot go in an HTTP header"
+                    .into(),
+            });
+        }
+        let mut client = Postgrest::new(cfg.rest_url.clone()).insert_header("apikey", key);
+        if cfg.key.is_jwt() {
+            client = client.insert_header("Authorization", format!("Bearer {key}"));
+        }
+        Ok(Self {
+            client,
+            url: cfg.rest_url.clone(),
+            key_source: cfg.key_source,
+            timeout: cfg.timeout,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Calls `function` with named arguments and decodes its JSON answer.
+    pub async fn rpc<T: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &Value,
+    ) -> Result<T, RestError> {
+        let request = self.client.rpc(function, args.to_string()).execute();
+        let response = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| RestError::Timeout {
+                url: self.url.clone(),
+                function: function.to_string(),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| RestError::Unreachable {
+                url: self.url.clone(),
+                reason: describe_transport_error(&e),
+            })?;
+        let status = response.status().as_u16();
+        let body = tokio::time::timeout(self.timeout, response.text())
+            .await
+            .map_err(|_| RestError::Timeout {
+                url: self.url.clone(),
+                function: function.to_string(),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| RestError::Unreachable {
+                url: self.url.clone(),
+                reason: describe_transport_error(&e),
+            })?;
+        if (200..300).contains(&status) {
+            let body = if body.trim().is_empty() {
+                "null"
+            } else {
+                body.as_str()
+            };
+            return serde_json::from_str(body).map_err(|e| RestError::Decode {
+                function: function.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        Err(self.classify(function, status, &body))
+    }
+
+    fn classify(&self, function: &str, status: u16, body: &str) -> RestError {
+        let pg: PgError = serde_json::from_str(body).unwrap_or_default();
+        let code = pg.code.unwrap_or_default();
+        let mut message = pg
+            .message
+            .unwrap_or_else(|| body.chars().take(300).collect());
+        if let Some(Value::String(d)) = &pg.details {
+            message = format!("{message} ({d})");
+        }
+        let migration_for_function = || {
+            FUNCTION_MIGRATIONS
+                .iter()
+                .find(|(prefix, _)| function.starts_with(prefix))
+                .map(|(_, m)| *m)
+                .unwrap_or("0004_backfill_rpc.sql")
+        };
+        match code.as_str() {
+            // Function missing from the schema cache: the RPC migration is not applied.
+            "PGRST202" | "42883" if message.contains(function) => RestError::MissingMigration {
+                what: format!("the function {function}"),
+                migration: migration_for_function(),
+                message,
+            },
+            "42704" if message.contains("vector") => RestError::MissingMigration {
+                what: "the pgvector extension".into(),
+                migration: "0002_add_vector_search.sql",
+                message,
+            },
+            "42703" => RestError::MissingMigration {
+                what: "a column the backfill needs (set BACKFILL_*_COLUMN if yours is named differently)".into(),
+                migration: "0002_add_vector_search.sql",
+                message,
+            },
+            "42P01" | "PGRST205" => RestError::MissingMigration {
+                what: "a table the backfill needs (set BACKFILL_TABLE if yours is named differently)".into(),
+                migration: if message.contains("backfill_") {
+                    "0003_backfill_status.sql"
+                } else {
+                    "0001_documents_table.sql"
+                },
+                message,
+            },
+            _ if status == 401 || status == 403 || code == "42501" || code.starts_with("PGRST30") => {
+                RestError::Unauthorized {
+                    key_var: self.key_source.var_name(),
+                    status,
+                    message: if code.is_empty() { message } else { format!("{code} {message}") },
+                }
+            }
+            _ => RestError::Server {
+                function: function.to_string(),
+                status,
+                code,
+                message,
+                hint: pg.hint,
+            },
+        }
+    }
+}
+
+fn describe_transport_error(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}

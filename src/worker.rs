@@ -1,0 +1,248 @@
+//! The worker: turns one batch message into vectors in the table and one
+//! counted completion in the status row. Safe to run twice on the same message.
+
+use crate::batching;
+use crate::documents::DocumentStore;
+use crate::embedder::{EmbedError, Embedder};
+use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::queue::{BatchMessage, IncomingMessage, MessageError};
+use crate::status::{StatusStore, VectorRow};
+use crate::supabase::RestError;
+use crate::tokens;
+use futures::future::join_all;
+use serde::Serialize;
+use std::time::Instant as StdInstant;
+use thiserror::Error;
+use tokio::time::Instant;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error(
+        "run {0} does not exist in backfill_runs (was it dispatched against another database?)"
+    )]
+    UnknownRun(RunId),
+    #[error("batch {1} of run {0} does not exist in backfill_batches")]
+    UnknownBatch(RunId, BatchSeq),
+    #[error(transparent)]
+    Rest(#[from] RestError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+impl WorkerError {
+    /// Another delivery could succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Rest(e) => e.is_transient(),
+            WorkerError::Embed(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// What one message did, for the per-batch log line and the caller.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BatchReport {
+    pub run_id: Option<RunId>,
+    pub batch: Option<BatchSeq>,
+    pub first_id: Option<DocumentId>,
+    pub last_id: Option<DocumentId>,
+    /// The batch had already ended: nothing fetched, embedded or counted.
+    pub already_done: bool,
+    /// The completion was counted by this delivery.
+    pub counted: bool,
+    pub documents: usize,
+    pub fetched: usize,
+    pub embedded: u64,
+    pub skipped: u64,
+    pub truncated: usize,
+    pub tokens: u64,
+    pub requests: usize,
+    pub fetch_ms: u64,
+    pub embed_ms: u64,
+    pub write_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Worker {
+    docs: DocumentStore,
+    status: StatusStore,
+    embedder: Embedder,
+    max_receive_count: u32,
+}
+
+impl Worker {
+    pub fn new(
+        docs: DocumentStore,
+        status: StatusStore,
+        embedder: Embedder,
+        max_receive_count: u32,
+    ) -> Self {
+        Self {
+            docs,
+            status,
+            embedder,
+            max_receive_count,
+        }
+    }
+
+    /// Handles every message concurrently; each result stands alone, so one bad
+    /// message never fails its neighbours.
+    pub async fn handle_all(
+        &self,
+        messages: &[IncomingMessage],
+        deadline: Option<Instant>,
+    ) -> Vec<Result<BatchReport, WorkerError>> {
+        join_all(messages.iter().map(|m| self.handle(m, deadline))).await
+    }
+
+    pub async fn handle(
+        &self,
+        msg: &IncomingMessage,
+        deadline: Option<Instant>,
+    ) -> Result<BatchReport, WorkerError> {
+        let started = StdInstant::now();
+        let parsed = BatchMessage::parse(&msg.body);
+        let result = match &parsed {
+            Ok(m) => self.process(m, deadline).await,
+            Err(e) => Err(WorkerError::Message(e.clone())),
+        };
+        match (&result, &parsed) {
+            (Ok(r), _) => tracing::info!(
+                run_id = ?r.run_id.map(|r| r.to_string()),
+                batch = ?r.batch.map(|b| b.0),
+                first_id = ?r.first_id.map(|d| d.0),
+                last_id = ?r.last_id.map(|d| d.0),
+                documents = r.documents,
+                embedded = r.embedded,
+                skipped = r.skipped,
+                truncated = r.truncated,
+                tokens = r.tokens,
+                requests = r.requests,
+                already_done = r.already_done,
+                fetch_ms = r.fetch_ms,
+                embed_ms = r.embed_ms,
+                write_ms = r.write_ms,
+                total_ms = started.elapsed().as_millis() as u64,
+                "batch done"
+            ),
+            (Err(e), Ok(m)) => {
+                let permanent = !e.is_transient() || msg.receive_count >= self.max_receive_count;
+                tracing::warn!(
+                    run_id = %m.run_id,
+                    batch = m.batch.0,
+                    first_id = m.first_id.0,
+                    last_id = m.last_id.0,
+                    receive_count = msg.receive_count,
+                    permanent,
+                    error = %e,
+                    "batch failed"
+                );
+                if !matches!(
+                    e,
+                    WorkerError::UnknownRun(_) | WorkerError::UnknownBatch(..)
+                ) {
+                    if let Err(rec) = self
+                        .status
+                        .fail_batch(m.run_id, m.batch, &e.to_string(), permanent)
+                        .await
+                    {
+                        tracing::error!(run_id = %m.run_id, batch = m.batch.0, error = %rec, "could not record the batch failure");
+                    }
+                }
+            }
+            (Err(e), Err(_)) => {
+                tracing::warn!(message_id = ?msg.message_id, error = %e, "message rejected")
+            }
+        }
+        result
+    }
+
+    async fn process(
+        &self,
+        msg: &BatchMessage,
+        deadline: Option<Instant>,
+    ) -> Result<BatchReport, WorkerError> {
+        let mut report = BatchReport {
+            run_id: Some(msg.run_id),
+            batch: Some(msg.batch),
+            first_id: Some(msg.first_id),
+            last_id: Some(msg.last_id),
+            ..Default::default()
+        };
+        let t = StdInstant::now();
+        let start = self.status.begin_batch(msg.run_id, msg.batch).await?;
+        if !start.run_found {
+            return Err(WorkerError::UnknownRun(msg.run_id));
+        }
+        if !start.batch_found {
+            return Err(WorkerError::UnknownBatch(msg.run_id, msg.batch));
+        }
+        report.documents = start.ids.len();
+        if start.state.is_some_and(|s| s.is_done()) {
+            report.already_done = true;
+            return Ok(report);
+        }
+        let per_request = start
+            .params
+            .as_ref()
+            .and_then(|p| p.pointer("/options/embedding_batch_size"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(100) as usize;
+
+        let documents = self.docs.fetch_missing(&start.ids).await?;
+        report.fetched = documents.len();
+        report.fetch_ms = t.elapsed().as_millis() as u64;
+
+        let t = StdInstant::now();
+        let prepared: Vec<(DocumentId, tokens::Prepared<'_>)> = documents
+            .iter()
+            .filter_map(|d| {
+                let text = d.content.as_deref().filter(|t| !tokens::is_blank(t))?;
+                Some((d.id, tokens::truncate(text, tokens::MAX_INPUT_TOKENS)))
+            })
+            .collect();
+        report.truncated = prepared.iter().filter(|(_, p)| p.truncated).count();
+        let counts: Vec<usize> = prepared.iter().map(|(_, p)| p.tokens).collect();
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(prepared.len());
+        for group in batching::pack(&counts, per_request, batching::MAX_TOKENS_PER_REQUEST) {
+            let inputs: Vec<&str> = prepared[group]
+                .iter()
+                .map(|(_, p)| p.text.as_ref())
+                .collect();
+            let out = self.embedder.embed(&inputs, deadline).await?;
+            report.tokens += out.prompt_tokens;
+            report.requests += 1;
+            vectors.extend(out.vectors);
+        }
+        report.embed_ms = t.elapsed().as_millis() as u64;
+
+        let t = StdInstant::now();
+        let rows: Vec<VectorRow<'_>> = prepared
+            .iter()
+            .zip(&vectors)
+            .map(|((id, _), v)| VectorRow {
+                id: *id,
+                embedding: v,
+            })
+            .collect();
+        let done = self
+            .status
+            .complete_batch(
+                self.docs.target(),
+                msg.run_id,
+                msg.batch,
+                &rows,
+                report.tokens,
+                &[],
+            )
+            .await?;
+        report.write_ms = t.elapsed().as_millis() as u64;
+        report.counted = done.counted;
+        report.embedded = done.written;
+        report.skipped = done.skipped;
+        Ok(report)
+    }
+}
