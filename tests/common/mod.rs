@@ -1,0 +1,331 @@
+//! Shared helpers for the integration tests. They run against the real local
+//! stack started by `make stack` (Postgres+pgvector, postrust, moto and the
+//! project's embeddings server), whose settings are in `.stack/env`.
+#![allow(dead_code)]
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use embed_backfill::config::Env;
+use embed_backfill::queue::SqsQueue;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stack's settings, with per-test overrides on top.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub vars: HashMap<String, String>,
+}
+
+impl Stack {
+    pub fn load() -> Self {
+        let path = repo_root().join(".stack/env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {}: {e}. Start the local stack with `make stack` (make test does it)",
+                path.display()
+            )
+        });
+        let vars = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim().trim_start_matches("export ").to_string(),
+                    v.trim().to_string(),
+                )
+            })
+            .collect();
+        Self { vars }
+    }
+
+    pub fn var(&self, name: &str) -> String {
+        self.vars
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing from .stack/env"))
+    }
+
+    pub fn with(&self, name: &str, value: &str) -> Self {
+        let mut s = self.clone();
+        s.vars.insert(name.to_string(), value.to_string());
+        s
+    }
+
+    pub fn env(&self) -> Env<impl Fn(&str) -> Option<String> + '_> {
+        Env(move |name: &str| self.vars.get(name).cloned())
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.var("DATABASE_URL"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the stack's Postgres");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// A fresh queue and dead-letter queue on the stack's SQS, so tests do not
+    /// drain each other's messages.
+    pub async fn fresh_queue(
+        &self,
+        visibility_secs: u32,
+        max_receive_count: u32,
+    ) -> (SqsQueue, String) {
+        let sqs = self.sqs_client().await;
+        let name = unique("q");
+        let dlq = sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .expect("create DLQ");
+        let dlq_url = dlq.queue_url.expect("DLQ url");
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("DLQ arn")
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .expect("DLQ arn attribute");
+        let q = sqs
+            .create_queue()
+            .queue_name(&name)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_secs.to_string(),
+            )
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                format!(
+                    r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max_receive_count}"}}"#
+                ),
+            )
+            .send()
+            .await
+            .expect("create queue");
+        (SqsQueue::new(sqs, q.queue_url.expect("queue url")), dlq_url)
+    }
+
+    pub async fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        let creds = aws_sdk_sqs::config::Credentials::new(
+            self.var("AWS_ACCESS_KEY_ID"),
+            self.var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "stack",
+        );
+        let cfg = aws_sdk_sqs::config::Builder::new()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new(self.var("AWS_REGION")))
+            .endpoint_url(self.var("AWS_ENDPOINT_URL"))
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_sqs::Client::from_conf(cfg)
+    }
+
+    /// The vector the stack's embeddings server gives `text`.
+    pub async fn expected_vector(&self, text: &str) -> Vec<f32> {
+        let base = self.var("OPENAI_BASE_URL");
+        let resp: serde_json::Value = reqwest::Client::new()
+            .post(format!("{base}/embeddings"))
+            .bearer_auth(self.var("OPENAI_API_KEY"))
+            .json(&serde_json::json!({"model": "text-embedding-3-small", "input": [text], "dimensions": 1536}))
+            .send()
+            .await
+            .expect("embeddings server")
+            .json()
+            .await
+            .expect("embeddings json");
+        resp["data"][0]["embedding"]
+            .as_array()
+            .expect("float vector")
+            .iter()
+            .map(|v| v.as_f64().expect("number") as f32)
+            .collect()
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test or earlier run uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..8)
+            .unwrap_or("x")
+    )
+}
+
+/// Inserts documents into `lovdata_documents` (or `table`) and returns their ids in order.
+pub async fn insert_docs(
+    pg: &tokio_postgres::Client,
+    table: &str,
+    archive: &str,
+    contents: &[Option<&str>],
+) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(contents.len());
+    let stmt = pg
+        .prepare(&format!(
+            "INSERT INTO {table} (title, archive, content) VALUES ($1, $2, $3) RETURNING id"
+        ))
+        .await
+        .expect("prepare insert");
+    for (i, c) in contents.iter().enumerate() {
+        let row = pg
+            .query_one(&stmt, &[&format!("Dokument {i}"), &archive, c])
+            .await
+            .expect("insert document");
+        ids.push(row.get::<_, i64>(0));
+    }
+    ids
+}
+
+/// Stored vectors by id (absent when NULL).
+pub async fn vectors(
+    pg: &tokio_postgres::Client,
+    table: &str,
+    ids: &[i64],
+) -> HashMap<i64, Vec<f32>> {
+    pg.query(
+        &format!(
+            "SELECT id, embedding::text FROM {table} WHERE id = ANY($1) AND embedding IS NOT NULL"
+        ),
+        &[&ids],
+    )
+    .await
+    .expect("read vectors")
+    .into_iter()
+    .map(|r| {
+        let text: String = r.get(1);
+        let v = text
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|x| x.parse::<f32>().expect("vector component"))
+            .collect();
+        (r.get(0), v)
+    })
+    .collect()
+}
+
+/// Realistic texts of varied lengths, with the edge cases the worker must handle.
+pub fn sample_texts(n: usize) -> Vec<Option<String>> {
+    let words = [
+        "loven",
+        "gjelder",
+        "kommunen",
+        "departementet",
+        "vedtak",
+        "klage",
+        "forskrift",
+        "paragraf",
+        "første",
+        "ledd",
+        "søknad",
+        "tillatelse",
+        "myndighet",
+        "fylkeskommunen",
+        "særlige",
+        "regler",
+        "plikt",
+        "rett",
+        "ærlig",
+        "økonomi",
+    ];
+    (0..n)
+        .map(|i| match i % 10 {
+            0 => Some(String::new()),
+            1 => Some("  \n\t ".into()),
+            2 if i % 20 == 2 => Some(
+                (0..12_000)
+                    .map(|j| words[(i * 7 + j * 3) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            3 if i % 30 == 3 => None,
+            _ => Some(format!(
+                "§ {i} {}",
+                (0..(20 + i * 13 % 400))
+                    .map(|j| words[(i + j * j) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+        })
+        .collect()
+}
+
+/// A private embeddings server, for tests that count its requests or need
+/// another key or fault settings than the shared one.
+pub struct Standin {
+    child: Child,
+    pub url: String,
+    pub key: String,
+}
+
+impl Standin {
+    pub fn spawn(extra_args: &[&str]) -> Self {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target"));
+        let bin = target.join("debug/openai-standin");
+        let port = free_port();
+        let key = format!("sk-test-{}", unique("k"));
+        let child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--api-key", &key])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {}: {e} (build it with `cargo build -p devstack`)",
+                    bin.display()
+                )
+            });
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, url, key };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("openai-standin did not start on port {port}");
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/stats", self.url))
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -1,0 +1,211 @@
+//! Bad keys, missing migrations and the anon key, against the real stack.
+
+mod common;
+
+use common::{insert_docs, unique, Stack, Standin};
+use embed_backfill::embedder::EmbedError;
+use embed_backfill::setup;
+use embed_backfill::supabase::{Rest, RestError};
+use embed_backfill::worker::WorkerError;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_wrong_service_key_names_the_variable() {
+    let stack = Stack::load();
+    let wrong = stack.with(
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLWRvZXMtbm90LW1hdGNo",
+    );
+    let env = wrong.env();
+    let stores = setup::stores(&env).unwrap();
+    let err = stores.docs.coverage(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RestError::Unauthorized { .. }), "{text}");
+    assert!(text.contains("SUPABASE_SERVICE_ROLE_KEY"), "{text}");
+    assert!(
+        !text.contains("c2lnbmF0dXJl"),
+        "the key leaked into the error: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_openai_key_fails_at_once_without_retries() {
+    let stack = Stack::load();
+    let standin = Standin::spawn(&[]);
+    let wrong_key = "sk-wrong-key-0123456789abcdef";
+    let stack = stack
+        .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
+        .with("OPENAI_API_KEY", wrong_key);
+    let pg = stack.pg().await;
+    let archive = unique("badkey");
+    insert_docs(
+        &pg,
+        "lovdata_documents",
+        &archive,
+        &[Some("Lov om vern av nøkler")],
+    )
+    .await;
+    let (queue, _) = stack.fresh_queue(30, 5).await;
+    let env = stack.env();
+    let stores = setup::stores(&env).unwrap();
+    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let opts = embed_backfill::dispatch::DispatchRequest {
+        archive: Some(archive.clone()),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let summary = dispatcher.dispatch(&opts).await.unwrap();
+    let msg = queue
+        .receive(1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .remove(0)
+        .0;
+    let worker = setup::worker(&env, &stores).unwrap();
+    let err = worker.handle(&msg, None).await.unwrap_err();
+    assert!(
+        matches!(err, WorkerError::Embed(EmbedError::InvalidKey { .. })),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("OPENAI_API_KEY"), "{text}");
+    assert!(!text.contains("0123456789abcdef"), "the key leaked: {text}");
+    assert_eq!(
+        standin.stats().await["requests"].as_u64(),
+        Some(1),
+        "retried a 401"
+    );
+    let run = stores
+        .status
+        .run_status(summary.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        run.batches_failed, 1,
+        "a permanent error ends the batch as failed"
+    );
+    assert!(run
+        .last_error
+        .unwrap_or_default()
+        .contains("OPENAI_API_KEY"));
+}
+
+#[tokio::test]
+async fn a_missing_column_names_the_migration() {
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let table = unique("no_vector").replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text);
+         GRANT SELECT, UPDATE ON {table} TO service_role;"
+    ))
+    .await
+    .unwrap();
+    let stack = stack.with("BACKFILL_TABLE", &table);
+    let env = stack.env();
+    let stores = setup::stores(&env).unwrap();
+    let err = stores.docs.page(None, None, 10, false).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
+    assert!(text.contains("0002_add_vector_search.sql"), "{text}");
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_function_names_the_migration() {
+    let stack = Stack::load();
+    let env = stack.env();
+    let rest = Rest::new(&env.supabase().unwrap()).unwrap();
+    let err = rest
+        .rpc::<serde_json::Value>(
+            "backfill_function_from_the_future",
+            &serde_json::json!({"p_x": 1}),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
+    assert!(text.contains("0004_backfill_rpc.sql"), "{text}");
+}
+
+#[tokio::test]
+async fn an_unreachable_service_says_so() {
+    let stack = Stack::load().with("SUPABASE_URL", "http://127.0.0.1:9");
+    let env = stack.env();
+    let stores = setup::stores(&env).unwrap();
+    let err = stores.docs.coverage(None).await.unwrap_err();
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("SUPABASE_URL"), "{err}");
+}
+
+#[tokio::test]
+async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
+    let stack = Stack::load();
+    let base = stack.var("SUPABASE_URL");
+    let anon = stack.var("SUPABASE_ANON_KEY");
+    let http = reqwest::Client::new();
+    for table in ["backfill_runs", "backfill_batches"] {
+        let resp = http
+            .get(format!("{base}/{table}?select=*&limit=1"))
+            .header("apikey", &anon)
+            .bearer_auth(&anon)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert!(
+            status == 401 || status == 403 || body.trim() == "[]",
+            "anon read {table}: {status} {body}"
+        );
+        assert!(status != 200 || body.trim() == "[]");
+    }
+    let run = uuid::Uuid::new_v4();
+    let target = serde_json::json!({"schema":"public","table":"lovdata_documents","id":"id","content":"content","archive":"archive","embedding":"embedding"});
+    let calls = [
+        ("backfill_run_status", serde_json::json!({"p_run_id": null})),
+        (
+            "backfill_create_run",
+            serde_json::json!({"p_run_id": run, "p_params": {}, "p_archive": null, "p_price_per_million_tokens": 0.02}),
+        ),
+        (
+            "backfill_page_documents",
+            serde_json::json!({"p_target": target, "p_archive": null, "p_after_id": null, "p_max_rows": 1, "p_with_content": true}),
+        ),
+        (
+            "backfill_complete_batch",
+            serde_json::json!({"p_target": target, "p_run_id": run, "p_seq": 0, "p_vectors": [], "p_tokens": 0, "p_failures": []}),
+        ),
+        (
+            "backfill_coverage",
+            serde_json::json!({"p_target": target, "p_archive": null}),
+        ),
+    ];
+    for (function, args) in calls {
+        let resp = http
+            .post(format!("{base}/rpc/{function}"))
+            .header("apikey", &anon)
+            .bearer_auth(&anon)
+            .json(&args)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert!(
+            status == 401 || status == 403,
+            "anon called {function}: {status} {body}"
+        );
+        assert!(body.contains("permission denied"), "{function}: {body}");
+    }
+    // And the same call with the anon key through the client names the key.
+    let env_stack = stack.with("SUPABASE_SERVICE_ROLE_KEY", &anon);
+    let env = env_stack.env();
+    let stores = setup::stores(&env).unwrap();
+    let err = stores.status.run_status(None).await.unwrap_err();
+    assert!(matches!(err, RestError::Unauthorized { .. }), "{err}");
+}
