@@ -284,7 +284,7 @@ impl Standin {
         let bin = target.join("debug/openai-standin");
         let port = free_port();
         let key = format!("sk-test-{}", unique("k"));
-        let child = Command::new(&bin)
+        let mut child = Command::new(&bin)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--api-key", &key])
             .args(extra_args)
             .stdout(Stdio::null())
@@ -303,6 +303,8 @@ impl Standin {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("openai-standin did not start on port {port}");
     }
 
