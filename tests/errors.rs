@@ -167,7 +167,7 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
     let run = uuid::Uuid::new_v4();
     let target = serde_json::json!({"schema":"public","table":"lovdata_documents","id":"id","content":"content","archive":"archive","embedding":"embedding"});
     let calls = [
-        ("backfill_run_status", serde_json::json!({"p_run_id": null})),
+        ("backfill_run_status", serde_json::json!({})),
         (
             "backfill_create_run",
             serde_json::json!({"p_run_id": run, "p_params": {}, "p_archive": null, "p_price_per_million_tokens": 0.02}),

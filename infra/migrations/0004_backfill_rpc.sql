@@ -1,5 +1,6 @@
 -- Every write of the backfill goes through these functions, called over PostgREST
--- RPC. User-supplied values (archive names above all) travel in the JSON body, and
+-- RPC. Optional arguments default to NULL and are left out of the call rather
+-- than sent as JSON null, which some PostgREST-compatible servers pass as ''. User-supplied values (archive names above all) travel in the JSON body, and
 -- the table and column names are configuration, passed as a `target` object:
 -- {"schema","table","id","content","archive","embedding"}, quoted with %I.
 
@@ -26,7 +27,8 @@ $$;
 -- Keyset page of ids still missing a vector; `p_with_content` adds the texts for
 -- a dry run's token count.
 CREATE OR REPLACE FUNCTION public.backfill_page_documents(
-    p_target jsonb, p_archive text, p_after_id bigint, p_max_rows integer, p_with_content boolean)
+    p_target jsonb, p_max_rows integer, p_with_content boolean,
+    p_archive text DEFAULT NULL, p_after_id bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, chars integer, content text)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -62,7 +64,7 @@ $$;
 
 -- Idempotent: the caller picks the id, so a retried call finds its own row.
 CREATE OR REPLACE FUNCTION public.backfill_create_run(
-    p_run_id uuid, p_params jsonb, p_archive text, p_price_per_million_tokens numeric)
+    p_run_id uuid, p_params jsonb, p_price_per_million_tokens numeric, p_archive text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.backfill_runs (id, params, archive, price_per_million_tokens)
@@ -277,7 +279,7 @@ BEGIN
 END $$;
 
 -- The run (latest when no id is given) with its failed batches, for `backfill status`.
-CREATE OR REPLACE FUNCTION public.backfill_run_status(p_run_id uuid)
+CREATE OR REPLACE FUNCTION public.backfill_run_status(p_run_id uuid DEFAULT NULL)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     WITH r AS (
         SELECT * FROM public.backfill_runs
@@ -299,7 +301,7 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
 $$;
 
 -- The guide's coverage check, optionally for one archive.
-CREATE OR REPLACE FUNCTION public.backfill_coverage(p_target jsonb, p_archive text)
+CREATE OR REPLACE FUNCTION public.backfill_coverage(p_target jsonb, p_archive text DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v jsonb;

@@ -24,7 +24,8 @@ pub struct Stack {
 
 impl Stack {
     pub fn load() -> Self {
-        let path = repo_root().join(".stack/env");
+        // STACK_ENV points the tests at another stack's settings file.
+        let path = std::env::var_os("STACK_ENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".stack/env"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "cannot read {}: {e}. Start the local stack with `make stack` (make test does it)",
