@@ -124,13 +124,23 @@ impl Rest {
         &self.url
     }
 
-    /// Calls `function` with named arguments and decodes its JSON answer.
+    /// Calls `function` with named arguments and decodes its JSON answer. Null
+    /// arguments are left out, so the function's defaults apply.
     pub async fn rpc<T: DeserializeOwned>(
         &self,
         function: &str,
         args: &Value,
     ) -> Result<T, RestError> {
-        let request = self.client.rpc(function, args.to_string()).execute();
+        let body = match args {
+            Value::Object(map) => serde_json::to_string(
+                &map.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap_or_default(),
+            other => other.to_string(),
+        };
+        let request = self.client.rpc(function, body).execute();
         let response = tokio::time::timeout(self.timeout, request)
             .await
             .map_err(|_| RestError::Timeout {
