@@ -170,11 +170,11 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
         ("backfill_run_status", serde_json::json!({})),
         (
             "backfill_create_run",
-            serde_json::json!({"p_run_id": run, "p_params": {}, "p_archive": null, "p_price_per_million_tokens": 0.02}),
+            serde_json::json!({"p_run_id": run, "p_params": {}, "p_price_per_million_tokens": 0.02}),
         ),
         (
             "backfill_page_documents",
-            serde_json::json!({"p_target": target, "p_archive": null, "p_after_id": null, "p_max_rows": 1, "p_with_content": true}),
+            serde_json::json!({"p_target": target, "p_max_rows": 1, "p_with_content": true}),
         ),
         (
             "backfill_complete_batch",
