@@ -1,0 +1,75 @@
+//! The local stand-in for OpenAI's embeddings API (see `devstack::standin`).
+
+use anyhow::Context;
+use clap::Parser;
+use devstack::standin::{self, Config};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "openai-standin",
+    version,
+    about = "OpenAI-compatible /v1/embeddings server for tests, demos and benchmarks"
+)]
+struct Args {
+    /// Address to listen on
+    #[arg(long, env = "STANDIN_LISTEN", default_value = "127.0.0.1:55435")]
+    listen: String,
+    /// The one API key accepted as `Authorization: Bearer KEY`
+    #[arg(long, env = "STANDIN_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Vector length when a request gives no `dimensions`
+    #[arg(long, env = "STANDIN_DIMENSIONS", default_value_t = 1536)]
+    dimensions: usize,
+    /// Fixed latency of every answer, in milliseconds
+    #[arg(long, env = "STANDIN_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
+    /// Extra latency per 1,000 input tokens, in milliseconds
+    #[arg(long, env = "STANDIN_LATENCY_PER_1K_TOKENS_MS", default_value_t = 0)]
+    latency_per_1k_tokens_ms: u64,
+    /// Tokens per minute before 429s (none by default)
+    #[arg(long, env = "STANDIN_TPM")]
+    tpm: Option<u64>,
+    /// Requests per minute before 429s (none by default)
+    #[arg(long, env = "STANDIN_RPM")]
+    rpm: Option<u64>,
+    /// Share of requests answered 500 or 503 at random
+    #[arg(long, env = "STANDIN_ERROR_RATE", default_value_t = 0.0)]
+    error_rate: f64,
+    /// Seed of the random faults
+    #[arg(long, env = "STANDIN_SEED", default_value_t = 42)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.error_rate),
+        "--error-rate must be between 0 and 1"
+    );
+    anyhow::ensure!(args.dimensions > 0, "--dimensions must be at least 1");
+    anyhow::ensure!(!args.api_key.is_empty(), "--api-key must not be empty");
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("openai-standin listening on {}", listener.local_addr()?);
+    let config = Config {
+        api_key: args.api_key,
+        dimensions: args.dimensions,
+        latency: Duration::from_millis(args.latency_ms),
+        latency_per_1k_tokens: Duration::from_millis(args.latency_per_1k_tokens_ms),
+        tpm: args.tpm,
+        rpm: args.rpm,
+        error_rate: args.error_rate,
+        seed: args.seed,
+    };
+    standin::serve(listener, config).await?;
+    Ok(())
+}
