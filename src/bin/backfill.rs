@@ -46,7 +46,7 @@ struct Selection {
     #[arg(long)]
     archive: Option<String>,
     /// Start after this document id (ids are processed in ascending order)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", allow_negative_numbers = true)]
     resume_from_id: Option<i64>,
     /// Documents per batch, i.e. per SQS message and status write [default: 100, max: 1000]
     #[arg(long)]

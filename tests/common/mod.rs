@@ -25,7 +25,9 @@ pub struct Stack {
 impl Stack {
     pub fn load() -> Self {
         // STACK_ENV points the tests at another stack's settings file.
-        let path = std::env::var_os("STACK_ENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".stack/env"));
+        let path = std::env::var_os("STACK_ENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".stack/env"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "cannot read {}: {e}. Start the local stack with `make stack` (make test does it)",
