@@ -2,7 +2,7 @@
 //! them in the status tables and queues one message per batch.
 
 use crate::cost;
-use crate::documents::DocumentStore;
+use crate::documents::{DocumentStore, PagedDocument};
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, Queue, QueueError, MESSAGE_VERSION};
 use crate::status::{NewBatch, StatusStore};
@@ -275,6 +275,7 @@ impl<Q: Queue> Dispatcher<Q> {
         let mut cursor = opts.resume_from_id;
         let mut seq = 0u32;
         let mut remaining = opts.limit;
+        let mut estimator: Option<TokenEstimator> = None;
         loop {
             let page_size =
                 u64::from(opts.batch_size * PAGE_BATCHES).min(remaining.unwrap_or(u64::MAX)) as u32;
@@ -284,20 +285,23 @@ impl<Q: Queue> Dispatcher<Q> {
             let started = Instant::now();
             let page = self
                 .docs
-                .page(opts.archive.as_deref(), cursor, page_size, false)
+                .page(
+                    opts.archive.as_deref(),
+                    cursor,
+                    page_size,
+                    estimator.is_none(),
+                )
                 .await?;
             let Some(last) = page.last() else { break };
             let last_id = last.id;
+            let estimator = estimator.get_or_insert_with(|| TokenEstimator::calibrate(&page));
             let batches: Vec<NewBatch> = page
                 .chunks(opts.batch_size as usize)
                 .map(|chunk| {
                     let b = NewBatch {
                         seq: BatchSeq(seq),
                         ids: chunk.iter().map(|d| d.id).collect(),
-                        estimated_tokens: chunk
-                            .iter()
-                            .map(|d| estimate_tokens_from_chars(d.chars))
-                            .sum(),
+                        estimated_tokens: chunk.iter().map(|d| estimator.estimate(d)).sum(),
                     };
                     seq += 1;
                     b
@@ -381,11 +385,48 @@ impl<Q: Queue> Dispatcher<Q> {
     }
 }
 
-/// OpenAI's rule of thumb of four characters a token, capped at what one input
-/// may hold. A dry run counts exactly instead; this keeps a real dispatch from
-/// reading every text.
-fn estimate_tokens_from_chars(chars: u32) -> u64 {
-    u64::from(chars.div_ceil(4)).min(tokens::MAX_INPUT_TOKENS as u64)
+/// Estimates a real dispatch's tokens without reading every text: the first
+/// page is counted exactly with cl100k_base, and its tokens per character
+/// applied to the lengths of the rest. (A dry run counts every text.)
+#[derive(Clone, Copy, Debug)]
+struct TokenEstimator {
+    tokens_per_char: f64,
+}
+
+impl TokenEstimator {
+    /// OpenAI's rule of thumb, when the first page has no text to measure.
+    const FALLBACK: f64 = 0.25;
+
+    fn calibrate(page: &[PagedDocument]) -> Self {
+        let (tokens, chars) = page
+            .iter()
+            .filter_map(|d| d.content.as_deref())
+            .filter(|t| !tokens::is_blank(t))
+            .map(|t| {
+                (
+                    tokens::truncate(t, tokens::MAX_INPUT_TOKENS),
+                    t.chars().count(),
+                )
+            })
+            .filter(|(p, _)| !p.truncated)
+            .fold((0usize, 0usize), |(t, c), (p, n)| (t + p.tokens, c + n));
+        Self {
+            tokens_per_char: if chars == 0 {
+                Self::FALLBACK
+            } else {
+                tokens as f64 / chars as f64
+            },
+        }
+    }
+
+    fn estimate(&self, doc: &PagedDocument) -> u64 {
+        match doc.content.as_deref() {
+            Some(t) if tokens::is_blank(t) => 0,
+            Some(t) => tokens::truncate(t, tokens::MAX_INPUT_TOKENS).tokens as u64,
+            None => ((f64::from(doc.chars) * self.tokens_per_char).ceil() as u64)
+                .min(tokens::MAX_INPUT_TOKENS as u64),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -431,10 +472,27 @@ mod tests {
         assert!(err("{").contains("not valid JSON"));
     }
 
+    fn doc(id: i64, content: Option<&str>, chars: u32) -> PagedDocument {
+        PagedDocument {
+            id: DocumentId(id),
+            chars,
+            content: content.map(String::from),
+        }
+    }
+
     #[test]
-    fn char_estimate_is_capped() {
-        assert_eq!(estimate_tokens_from_chars(0), 0);
-        assert_eq!(estimate_tokens_from_chars(5), 2);
-        assert_eq!(estimate_tokens_from_chars(1_000_000), 8191);
+    fn estimates_from_the_first_pages_ratio() {
+        let text = "Kommunen skal behandle søknaden innen fire uker. ".repeat(20);
+        let n = text.chars().count() as u32;
+        let first = [doc(1, Some(&text), n), doc(2, Some("  "), 2)];
+        let e = TokenEstimator::calibrate(&first);
+        let exact = tokens::count(&text) as u64;
+        assert_eq!(e.estimate(&first[0]), exact);
+        assert_eq!(e.estimate(&first[1]), 0);
+        let later = e.estimate(&doc(3, None, n * 2));
+        assert!(later.abs_diff(exact * 2) <= 1, "{later} vs {}", exact * 2);
+        assert_eq!(e.estimate(&doc(4, None, 10_000_000)), 8191);
+        let empty = TokenEstimator::calibrate(&[]);
+        assert_eq!(empty.estimate(&doc(5, None, 400)), 100);
     }
 }

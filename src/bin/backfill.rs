@@ -332,7 +332,7 @@ fn print_summary(summary: &DispatchSummary, json: bool) -> Result<()> {
         if summary.dry_run {
             "counted with cl100k_base after truncation"
         } else {
-            "estimated at 4 characters a token; --dry-run counts exactly"
+            "estimated from a cl100k_base count of the first page; --dry-run counts every text"
         }
     );
     println!("  Cost:      ${:.4}", summary.estimated_cost_usd);
