@@ -4,14 +4,15 @@
 use crate::cost;
 use crate::documents::{DocumentStore, PagedDocument};
 use crate::ids::{BatchSeq, DocumentId, RunId};
-use crate::queue::{BatchMessage, Queue, QueueError, MESSAGE_VERSION};
-use crate::status::{NewBatch, StatusStore};
+use crate::queue::{BatchMessage, Queue, QueueError};
+use crate::status::{BatchRef, CreatedRun, NewBatch, RunState, RunStatus, StatusStore};
 use crate::supabase::RestError;
 use crate::tokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::time::Instant;
+use std::time::Duration;
 use thiserror::Error;
+use tokio::time::Instant;
 
 pub const DEFAULT_BATCH_SIZE: u32 = 100;
 pub const MAX_BATCH_SIZE: u32 = 1000;
@@ -24,18 +25,37 @@ const MAX_ARCHIVE_LEN: usize = 1024;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from_id: Option<i64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_batch_size: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// Start even though another run over an overlapping archive is active.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Continue a run whose dispatch stopped, instead of starting one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_run: Option<RunId>,
+    /// How many continuations led here; bounds a runaway self-invocation chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<u32>,
+}
+
+/// Continuations allowed from one dispatch: at 1,000 pages each, billions of ids.
+pub const MAX_HOPS: u32 = 10_000;
+
+/// What an event asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DispatchCommand {
+    Start(DispatchOptions),
+    Continue { run: RunId, hop: u32 },
 }
 
 /// Checked options, defaults filled in; stored as the run's parameters.
@@ -47,6 +67,8 @@ pub struct DispatchOptions {
     pub batch_size: u32,
     pub embedding_batch_size: u32,
     pub dry_run: bool,
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -106,7 +128,40 @@ impl DispatchRequest {
         Self::from_value(value)
     }
 
+    /// A start or a continuation; a continuation takes no other options.
+    pub fn into_command(self) -> Result<DispatchCommand, EventError> {
+        let Some(run) = self.continue_run else {
+            if self.hop.is_some() {
+                return Err(field("hop", "only goes with continue_run"));
+            }
+            return self.validate().map(DispatchCommand::Start);
+        };
+        let others = DispatchRequest {
+            continue_run: None,
+            hop: None,
+            ..self.clone()
+        };
+        if others != DispatchRequest::default() {
+            return Err(field(
+                "continue_run",
+                "takes no other options: a continued run keeps the ones it was started with",
+            ));
+        }
+        let hop = self.hop.unwrap_or(1);
+        if hop > MAX_HOPS {
+            return Err(field("hop", format!("{hop} continuations exceed the limit of {MAX_HOPS}; investigate the run before continuing it by hand")));
+        }
+        Ok(DispatchCommand::Continue { run, hop })
+    }
+
+    /// The options of a new run.
     pub fn validate(self) -> Result<DispatchOptions, EventError> {
+        if self.continue_run.is_some() || self.hop.is_some() {
+            return Err(field(
+                "continue_run",
+                "a continuation is not a new run's option",
+            ));
+        }
         let archive = match self.archive {
             None => None,
             Some(a) if a.is_empty() => {
@@ -164,6 +219,7 @@ impl DispatchRequest {
             batch_size,
             embedding_batch_size,
             dry_run: self.dry_run,
+            force: self.force,
         })
     }
 }
@@ -179,6 +235,9 @@ pub struct DispatchSummary {
     pub batches: u64,
     pub estimated_tokens: u64,
     pub estimated_cost_usd: f64,
+    /// False when the dispatch stopped at its deadline: continue it with
+    /// `{"continue_run": run_id}`.
+    pub complete: bool,
 }
 
 #[derive(Debug, Error)]
@@ -187,10 +246,29 @@ pub enum DispatchError {
     Rest(#[from] RestError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("run {} is still {} for {} ({} of {} batches ended): wait for it (`backfill status {}`), continue it, or pass force to start another anyway", .0.id, .0.state.as_str(), .0.archive.as_deref().map(|a| format!("archive {a:?}")).unwrap_or_else(|| "all archives".into()), .0.batches_done + .0.batches_failed, .0.total_batches, .0.id)]
+    ActiveRun(Box<RunStatus>),
+    #[error("run {0} does not exist in backfill_runs")]
+    UnknownRun(RunId),
+    #[error("run {0} has no dispatch options recorded; it was not created by this tool")]
+    NoOptions(RunId),
+}
+
+impl DispatchError {
+    /// Worth continuing the run later: the stop was not the run's fault.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DispatchError::Rest(e) => e.is_transient(),
+            DispatchError::Queue(QueueError::Send { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Ids read per page: several batches, so each page is one status RPC.
 const PAGE_BATCHES: u32 = 10;
+/// Time a page may take; a dispatch with less left stops and asks to be continued.
+const PAGE_MARGIN: Duration = Duration::from_secs(20);
 
 pub struct Dispatcher<Q> {
     docs: DocumentStore,
@@ -198,6 +276,14 @@ pub struct Dispatcher<Q> {
     queue: Q,
     model: String,
     dimensions: u32,
+}
+
+/// Where paging stands: the next id to page after, the next batch number and
+/// how many documents the limit still allows.
+struct Cursor {
+    after: Option<DocumentId>,
+    seq: u32,
+    remaining: Option<u64>,
 }
 
 impl<Q: Queue> Dispatcher<Q> {
@@ -218,15 +304,16 @@ impl<Q: Queue> Dispatcher<Q> {
     }
 
     pub async fn dispatch(&self, opts: &DispatchOptions) -> Result<DispatchSummary, DispatchError> {
-        self.dispatch_run(RunId::random(), opts).await
+        self.dispatch_run(RunId::random(), opts, None).await
     }
 
-    /// Dispatches under a run id the caller chose, so it can watch the run
-    /// while the dispatch is still paging.
+    /// Dispatches under a run id the caller chose (so it can watch the run while
+    /// it pages), stopping before `deadline` with `complete: false`.
     pub async fn dispatch_run(
         &self,
         run: RunId,
         opts: &DispatchOptions,
+        deadline: Option<Instant>,
     ) -> Result<DispatchSummary, DispatchError> {
         if opts.dry_run {
             return self.dry_run(opts).await;
@@ -236,88 +323,162 @@ impl<Q: Queue> Dispatcher<Q> {
             "model": self.model,
             "dimensions": self.dimensions,
         });
-        self.status
+        let created = self
+            .status
             .create_run(
                 run,
                 &params,
                 opts.archive.as_deref(),
                 cost::price_per_million_tokens(&self.model),
+                opts.force,
             )
             .await?;
+        if let CreatedRun::Conflict { conflict } = created {
+            return Err(DispatchError::ActiveRun(conflict));
+        }
         tracing::info!(run_id = %run, archive = ?opts.archive, "run created");
-        match self.page_into_batches(run, opts).await {
-            Ok(()) => {}
+        let cursor = Cursor {
+            after: opts.resume_from_id,
+            seq: 0,
+            remaining: opts.limit,
+        };
+        self.page_and_finish(run, opts, cursor, deadline).await
+    }
+
+    /// Continues a run whose dispatch stopped (deadline, crash or error) from
+    /// its saved cursor: batches recorded but not confirmed queued are sent
+    /// again (the worker skips duplicates), then paging resumes after the cursor.
+    pub async fn continue_run(
+        &self,
+        run: RunId,
+        deadline: Option<Instant>,
+    ) -> Result<DispatchSummary, DispatchError> {
+        let status = self
+            .status
+            .run_status(Some(run))
+            .await?
+            .ok_or(DispatchError::UnknownRun(run))?;
+        let opts: DispatchOptions = status
+            .params
+            .get("options")
+            .cloned()
+            .and_then(|o| serde_json::from_value(o).ok())
+            .ok_or(DispatchError::NoOptions(run))?;
+        if status.state != RunState::Dispatching {
+            return Ok(summary(&status, &opts, true));
+        }
+        let pending = self.status.pending_batches(run).await?;
+        if !pending.is_empty() {
+            let messages: Vec<BatchMessage> =
+                pending.iter().map(|b| BatchMessage::of(run, b)).collect();
+            self.queue.send(&messages).await?;
+            let seqs: Vec<BatchSeq> = pending.iter().map(|b| b.seq).collect();
+            self.status.mark_queued(run, &seqs).await?;
+            tracing::info!(run_id = %run, batches = pending.len(), "pending batches queued again");
+        }
+        let cursor = Cursor {
+            after: status.cursor_id.or(opts.resume_from_id),
+            seq: status.next_seq,
+            remaining: opts.limit.map(|l| l.saturating_sub(status.total_documents)),
+        };
+        self.page_and_finish(run, &opts, cursor, deadline).await
+    }
+
+    async fn page_and_finish(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+        cursor: Cursor,
+        deadline: Option<Instant>,
+    ) -> Result<DispatchSummary, DispatchError> {
+        let complete = match self.page_into_batches(run, opts, cursor, deadline).await {
+            Ok(complete) => complete,
             Err(e) => {
-                // Batches already queued are still worked; the run records why it stopped.
-                if let Err(fail) = self.status.fail_run(run, &e.to_string()).await {
-                    tracing::error!(run_id = %run, error = %fail, "could not record the dispatch failure");
+                // Queued batches are worked either way. A transient stop leaves the run
+                // dispatching, to be continued; a permanent one ends it as failed.
+                let recorded = if e.is_transient() {
+                    self.status.note_run_error(run, &e.to_string()).await
+                } else {
+                    self.status.fail_run(run, &e.to_string()).await
+                };
+                if let Err(fail) = recorded {
+                    tracing::error!(run_id = %run, error = %fail, "could not record why the dispatch stopped");
                 }
                 return Err(e);
             }
-        }
-        let status = self.status.finish_dispatch(run).await?;
-        Ok(DispatchSummary {
-            run_id: Some(run),
-            dry_run: false,
-            archive: opts.archive.clone(),
-            documents: status.total_documents,
-            batches: status.total_batches,
-            estimated_tokens: status.estimated_tokens,
-            estimated_cost_usd: status.estimated_cost_usd,
-        })
+        };
+        let status = if complete {
+            self.status.finish_dispatch(run).await?
+        } else {
+            tracing::info!(run_id = %run, "deadline near: stopping; continue with {{\"continue_run\": \"{run}\"}}");
+            self.status
+                .run_status(Some(run))
+                .await?
+                .ok_or(DispatchError::UnknownRun(run))?
+        };
+        Ok(summary(&status, opts, complete))
     }
 
+    /// Pages until done (true) or until `deadline` is near (false). Each page's
+    /// batches and the cursor after them are saved before the messages are sent.
     async fn page_into_batches(
         &self,
         run: RunId,
         opts: &DispatchOptions,
-    ) -> Result<(), DispatchError> {
-        let mut cursor = opts.resume_from_id;
-        let mut seq = 0u32;
-        let mut remaining = opts.limit;
+        mut cursor: Cursor,
+        deadline: Option<Instant>,
+    ) -> Result<bool, DispatchError> {
         let mut estimator: Option<TokenEstimator> = None;
+        let mut first_page = true;
         loop {
-            let page_size =
-                u64::from(opts.batch_size * PAGE_BATCHES).min(remaining.unwrap_or(u64::MAX)) as u32;
+            let page_size = u64::from(opts.batch_size * PAGE_BATCHES)
+                .min(cursor.remaining.unwrap_or(u64::MAX)) as u32;
             if page_size == 0 {
-                break;
+                return Ok(true);
             }
+            // Always one page per invocation, so a short deadline still progresses.
+            if !first_page && deadline.is_some_and(|d| Instant::now() + PAGE_MARGIN > d) {
+                return Ok(false);
+            }
+            first_page = false;
             let started = Instant::now();
             let page = self
                 .docs
                 .page(
                     opts.archive.as_deref(),
-                    cursor,
+                    cursor.after,
                     page_size,
                     estimator.is_none(),
                 )
                 .await?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else {
+                return Ok(true);
+            };
             let last_id = last.id;
             let estimator = estimator.get_or_insert_with(|| TokenEstimator::calibrate(&page));
             let batches: Vec<NewBatch> = page
                 .chunks(opts.batch_size as usize)
                 .map(|chunk| {
                     let b = NewBatch {
-                        seq: BatchSeq(seq),
+                        seq: BatchSeq(cursor.seq),
                         ids: chunk.iter().map(|d| d.id).collect(),
                         estimated_tokens: chunk.iter().map(|d| estimator.estimate(d)).sum(),
                     };
-                    seq += 1;
+                    cursor.seq += 1;
                     b
                 })
                 .collect();
             self.status.add_batches(run, &batches, last_id).await?;
-            let messages: Vec<BatchMessage> = batches
+            let refs: Vec<BatchRef> = batches
                 .iter()
-                .map(|b| BatchMessage {
-                    v: MESSAGE_VERSION,
-                    run_id: run,
-                    batch: b.seq,
+                .map(|b| BatchRef {
+                    seq: b.seq,
                     first_id: b.ids[0],
                     last_id: b.ids[b.ids.len() - 1],
                 })
                 .collect();
+            let messages: Vec<BatchMessage> =
+                refs.iter().map(|b| BatchMessage::of(run, b)).collect();
             self.queue.send(&messages).await?;
             let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
             self.status.mark_queued(run, &seqs).await?;
@@ -330,15 +491,14 @@ impl<Q: Queue> Dispatcher<Q> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "page queued"
             );
-            if let Some(r) = remaining.as_mut() {
+            if let Some(r) = cursor.remaining.as_mut() {
                 *r -= page.len() as u64;
             }
             if (page.len() as u32) < page_size {
-                break;
+                return Ok(true);
             }
-            cursor = Some(last_id);
+            cursor.after = Some(last_id);
         }
-        Ok(())
     }
 
     /// Counts what a run would do from the real texts, and changes nothing.
@@ -381,7 +541,21 @@ impl<Q: Queue> Dispatcher<Q> {
             batches: documents.div_ceil(u64::from(opts.batch_size)),
             estimated_tokens: tokens_total,
             estimated_cost_usd: cost::cost_usd(tokens_total, &self.model),
+            complete: true,
         })
+    }
+}
+
+fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> DispatchSummary {
+    DispatchSummary {
+        run_id: Some(status.id),
+        dry_run: false,
+        archive: opts.archive.clone(),
+        documents: status.total_documents,
+        batches: status.total_batches,
+        estimated_tokens: status.estimated_tokens,
+        estimated_cost_usd: status.estimated_cost_usd,
+        complete,
     }
 }
 

@@ -1,10 +1,14 @@
 //! The Lambda handlers, as plain async functions over the library types, so
 //! tests call them with a hand-made event and the binaries stay a few lines.
 
-use crate::dispatch::{DispatchError, DispatchRequest, DispatchSummary, Dispatcher, EventError};
+use crate::dispatch::{
+    DispatchCommand, DispatchError, DispatchRequest, DispatchSummary, Dispatcher, EventError,
+};
+use crate::ids::RunId;
 use crate::queue::{IncomingMessage, Queue};
 use crate::worker::Worker;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use serde::Serialize;
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 use thiserror::Error;
@@ -20,12 +24,45 @@ pub enum HandlerError {
     UnreportableFailures(usize),
 }
 
+/// Runs a dispatcher event until `deadline`. The answer's `continuation` is the
+/// event to invoke next when the dispatch stopped short of its end.
 pub async fn dispatch_event<Q: Queue>(
     dispatcher: &Dispatcher<Q>,
     event: Value,
-) -> Result<DispatchSummary, HandlerError> {
-    let options = DispatchRequest::from_value(event)?.validate()?;
-    Ok(dispatcher.dispatch(&options).await?)
+    deadline: Option<Instant>,
+) -> Result<DispatchAnswer, HandlerError> {
+    let (summary, hop) = match DispatchRequest::from_value(event)?.into_command()? {
+        DispatchCommand::Start(options) => (
+            dispatcher
+                .dispatch_run(RunId::random(), &options, deadline)
+                .await?,
+            0,
+        ),
+        DispatchCommand::Continue { run, hop } => {
+            (dispatcher.continue_run(run, deadline).await?, hop)
+        }
+    };
+    let continuation = match (summary.complete, summary.run_id) {
+        (false, Some(run)) => Some(DispatchRequest {
+            continue_run: Some(run),
+            hop: Some(hop + 1),
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    Ok(DispatchAnswer {
+        summary,
+        continuation,
+    })
+}
+
+/// The dispatcher Lambda's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct DispatchAnswer {
+    #[serde(flatten)]
+    pub summary: DispatchSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<DispatchRequest>,
 }
 
 /// Handles an SQS event with partial batch responses: only the failed

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod logging;
 pub mod progress;
 pub mod queue;
+pub mod redrive;
 pub mod retry;
 pub mod runner;
 pub mod secret;

@@ -2,6 +2,7 @@
 //! `backfill work`, an in-memory queue for `backfill run`.
 
 use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::status::BatchRef;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
@@ -37,6 +38,16 @@ pub enum MessageError {
 }
 
 impl BatchMessage {
+    pub fn of(run_id: RunId, batch: &BatchRef) -> Self {
+        Self {
+            v: MESSAGE_VERSION,
+            run_id,
+            batch: batch.seq,
+            first_id: batch.first_id,
+            last_id: batch.last_id,
+        }
+    }
+
     pub fn to_body(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -149,10 +160,22 @@ impl SqsQueue {
         max: i32,
         wait: Duration,
     ) -> Result<Vec<(IncomingMessage, String)>, QueueError> {
+        self.receive_hidden(max, wait, None).await
+    }
+
+    /// Like `receive`, hiding what it takes for `visibility` instead of the
+    /// queue's default.
+    pub async fn receive_hidden(
+        &self,
+        max: i32,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> Result<Vec<(IncomingMessage, String)>, QueueError> {
         let out = self
             .client
             .receive_message()
             .queue_url(&self.url)
+            .set_visibility_timeout(visibility.map(|v| v.as_secs() as i32))
             .max_number_of_messages(max.clamp(1, 10))
             .wait_time_seconds(wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -223,11 +246,12 @@ impl SqsQueue {
     }
 }
 
-#[async_trait]
-impl Queue for SqsQueue {
-    async fn send(&self, messages: &[BatchMessage]) -> Result<(), QueueError> {
-        for chunk in messages.chunks(SQS_BATCH) {
-            let mut pending: Vec<(usize, &BatchMessage)> = chunk.iter().enumerate().collect();
+impl SqsQueue {
+    /// Sends message bodies, 10 a call, resending the entries a call reports
+    /// failed; a sender fault (a malformed entry) is not retried.
+    pub async fn send_raw(&self, bodies: &[String]) -> Result<(), QueueError> {
+        for chunk in bodies.chunks(SQS_BATCH) {
+            let mut pending: Vec<(usize, &String)> = chunk.iter().enumerate().collect();
             let mut attempt = 0u32;
             while !pending.is_empty() {
                 attempt += 1;
@@ -236,7 +260,7 @@ impl Queue for SqsQueue {
                     .map(|(i, m)| {
                         SendMessageBatchRequestEntry::builder()
                             .id(i.to_string())
-                            .message_body(m.to_body())
+                            .message_body(m.as_str())
                             .build()
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -294,6 +318,14 @@ impl Queue for SqsQueue {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn send(&self, messages: &[BatchMessage]) -> Result<(), QueueError> {
+        let bodies: Vec<String> = messages.iter().map(BatchMessage::to_body).collect();
+        self.send_raw(&bodies).await
     }
 }
 

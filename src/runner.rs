@@ -125,7 +125,7 @@ pub async fn run_local(
     let counters = Counters::default();
     let dispatched = AtomicBool::new(false);
     let dispatch = async {
-        let result = dispatcher.dispatch_run(run, options).await;
+        let result = dispatcher.dispatch_run(run, options, None).await;
         dispatched.store(true, Ordering::SeqCst);
         result
     };

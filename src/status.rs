@@ -111,6 +111,22 @@ pub struct FailedDocument {
     pub reason: String,
 }
 
+/// What `create_run` found: the run, or the active run that blocks it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CreatedRun {
+    Conflict { conflict: Box<RunStatus> },
+    Run(Box<RunStatus>),
+}
+
+/// Enough of a batch to queue its message again.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct BatchRef {
+    pub seq: BatchSeq,
+    pub first_id: DocumentId,
+    pub last_id: DocumentId,
+}
+
 /// A batch about to be recorded by the dispatcher.
 #[derive(Clone, Debug, Serialize)]
 pub struct NewBatch {
@@ -166,13 +182,16 @@ impl StatusStore {
         Self { rest }
     }
 
+    /// Creates the run, or finds it when it exists; unless `force`, refuses
+    /// while another run over an overlapping archive filter is active.
     pub async fn create_run(
         &self,
         run: RunId,
         params: &Value,
         archive: Option<&str>,
         price_per_million_tokens: f64,
-    ) -> Result<RunStatus, RestError> {
+        force: bool,
+    ) -> Result<CreatedRun, RestError> {
         self.rest
             .rpc(
                 "backfill_create_run",
@@ -181,8 +200,26 @@ impl StatusStore {
                     "p_params": params,
                     "p_archive": archive,
                     "p_price_per_million_tokens": price_per_million_tokens,
+                    "p_force": force,
                 }),
             )
+            .await
+    }
+
+    /// Records why a dispatch stopped, leaving the run continuable.
+    pub async fn note_run_error(&self, run: RunId, error: &str) -> Result<RunStatus, RestError> {
+        self.rest
+            .rpc(
+                "backfill_note_run_error",
+                &json!({ "p_run_id": run, "p_error": error }),
+            )
+            .await
+    }
+
+    /// Every batch of the run that ended failed.
+    pub async fn failed_batches(&self, run: RunId) -> Result<Vec<BatchRef>, RestError> {
+        self.rest
+            .rpc("backfill_failed_batches", &json!({ "p_run_id": run }))
             .await
     }
 
@@ -202,16 +239,10 @@ impl StatusStore {
     }
 
     /// Batches recorded but not yet confirmed sent to the queue.
-    pub async fn pending_batches(&self, run: RunId) -> Result<Vec<BatchSeq>, RestError> {
-        #[derive(Deserialize)]
-        struct Row {
-            seq: BatchSeq,
-        }
-        let rows: Vec<Row> = self
-            .rest
+    pub async fn pending_batches(&self, run: RunId) -> Result<Vec<BatchRef>, RestError> {
+        self.rest
             .rpc("backfill_pending_batches", &json!({ "p_run_id": run }))
-            .await?;
-        Ok(rows.into_iter().map(|r| r.seq).collect())
+            .await
     }
 
     pub async fn mark_queued(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, RestError> {

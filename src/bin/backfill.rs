@@ -3,11 +3,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use embed_backfill::dispatch::{DispatchRequest, DispatchSummary};
+use embed_backfill::dispatch::{DispatchCommand, DispatchRequest, DispatchSummary};
 use embed_backfill::documents::Coverage;
 use embed_backfill::ids::RunId;
 use embed_backfill::progress::{self, human_duration};
-use embed_backfill::queue::MemoryQueue;
+use embed_backfill::queue::{MemoryQueue, SqsQueue};
+use embed_backfill::redrive;
 use embed_backfill::runner::{self, ConsumeOptions, LocalOptions};
 use embed_backfill::status::RunStatus;
 use embed_backfill::{config, logging, setup};
@@ -35,6 +36,10 @@ enum Command {
     Status(StatusArgs),
     /// Check embedding coverage, as the guide's SQL does.
     Verify(VerifyArgs),
+    /// Move messages from the dead-letter queue back to the queue.
+    Redrive(RedriveArgs),
+    /// Queue a run's failed batches again, from the status tables.
+    RetryFailed(RetryFailedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -57,6 +62,9 @@ struct Selection {
     /// Count documents, tokens and cost from the real texts; write and queue nothing
     #[arg(long)]
     dry_run: bool,
+    /// Start even though another run over an overlapping archive is still active
+    #[arg(long)]
+    force: bool,
 }
 
 impl Selection {
@@ -68,6 +76,8 @@ impl Selection {
             batch_size: self.batch_size,
             embedding_batch_size: self.embedding_batch_size,
             dry_run: self.dry_run,
+            force: self.force,
+            ..Default::default()
         }
     }
 }
@@ -88,6 +98,28 @@ struct RunArgs {
 struct DispatchArgs {
     #[command(flatten)]
     selection: Selection,
+    /// Continue a run whose dispatch stopped, from its saved cursor (takes no other option)
+    #[arg(long = "continue", value_name = "RUN_ID")]
+    continue_run: Option<RunId>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RedriveArgs {
+    /// Only this run's messages (others stay in the dead-letter queue)
+    #[arg(long = "run", value_name = "RUN_ID")]
+    run_id: Option<RunId>,
+    /// Move at most this many messages
+    #[arg(long)]
+    max: Option<u64>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RetryFailedArgs {
+    run_id: RunId,
     #[arg(long)]
     json: bool,
 }
@@ -146,26 +178,67 @@ async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run(&env, args).await,
         Command::Dispatch(args) => {
-            let options = args.selection.request().validate()?;
-            let stores = setup::stores(&env)?;
-            let queue = if options.dry_run {
-                None
-            } else {
-                Some(setup::sqs_queue(&env).await?)
+            let request = DispatchRequest {
+                continue_run: args.continue_run,
+                ..args.selection.request()
             };
-            let summary = match queue {
-                Some(q) => {
-                    setup::dispatcher(&env, &stores, q)?
-                        .dispatch(&options)
-                        .await?
-                }
-                None => {
+            let command = request.into_command()?;
+            let stores = setup::stores(&env)?;
+            let summary = match command {
+                DispatchCommand::Start(options) if options.dry_run => {
                     setup::dispatcher(&env, &stores, MemoryQueue::new())?
                         .dispatch(&options)
                         .await?
                 }
+                DispatchCommand::Start(options) => {
+                    let queue = setup::sqs_queue(&env).await?;
+                    setup::dispatcher(&env, &stores, queue)?
+                        .dispatch(&options)
+                        .await?
+                }
+                DispatchCommand::Continue { run, .. } => {
+                    let queue = setup::sqs_queue(&env).await?;
+                    setup::dispatcher(&env, &stores, queue)?
+                        .continue_run(run, None)
+                        .await?
+                }
             };
             print_summary(&summary, args.json)
+        }
+        Command::Redrive(args) => {
+            let config = env.queue()?;
+            let dlq_url = config
+                .dlq_url
+                .context("BACKFILL_DLQ_URL is not set: set it to the dead-letter queue's URL (the stack output DeadLetterQueueUrl)")?;
+            let queue = SqsQueue::from_env(config.queue_url).await;
+            let dlq = SqsQueue::from_env(dlq_url).await;
+            let report = redrive::redrive(&dlq, &queue, args.run_id, args.max).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "Moved {} message(s) from the dead-letter queue to the queue; {} of other runs left; {} unreadable left",
+                    report.moved, report.skipped, report.unreadable
+                );
+            }
+            Ok(())
+        }
+        Command::RetryFailed(args) => {
+            let stores = setup::stores(&env)?;
+            let queue = setup::sqs_queue(&env).await?;
+            let queued = redrive::retry_failed(&stores.status, &queue, args.run_id).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "run_id": args.run_id, "queued": queued })
+                );
+            } else {
+                println!(
+                    "Queued {queued} failed batch(es) of run {} again",
+                    args.run_id
+                );
+            }
+            Ok(())
         }
         Command::Work(args) => {
             let stores = setup::stores(&env)?;
@@ -321,6 +394,9 @@ fn print_summary(summary: &DispatchSummary, json: bool) -> Result<()> {
         .map(|a| format!("archive {a:?}"))
         .unwrap_or_else(|| "all archives".into());
     match summary.run_id {
+        Some(id) if !summary.complete => println!(
+            "Run {id} partly dispatched ({what}): continue with `backfill dispatch --continue {id}`"
+        ),
         Some(id) => println!("Run {id} dispatched ({what})"),
         None => println!("Dry run ({what}): nothing was written or queued"),
     }

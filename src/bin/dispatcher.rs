@@ -1,6 +1,10 @@
 //! Lambda entry point of the dispatcher: `{"archive": ..., "limit": ...}` in,
-//! `{run_id, documents, batches, estimated_tokens, estimated_cost_usd}` out.
+//! `{run_id, documents, batches, estimated_tokens, estimated_cost_usd, ...}` out.
+//! Near its deadline it saves its cursor and invokes itself, asynchronously,
+//! with `{"continue_run": ..., "hop": n}`.
 
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
 use embed_backfill::{config, handlers, logging, setup};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
@@ -13,10 +17,22 @@ async fn main() -> Result<(), Error> {
     let stores = setup::stores(&env)?;
     let queue = setup::sqs_queue(&env).await?;
     let dispatcher = setup::dispatcher(&env, &stores, queue)?;
-    let dispatcher = &dispatcher;
+    let lambda = aws_sdk_lambda::Client::new(&aws_config::load_from_env().await);
+    let (dispatcher, lambda) = (&dispatcher, &lambda);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let summary = handlers::dispatch_event(dispatcher, event.payload).await?;
-        Ok::<_, Error>(serde_json::to_value(summary)?)
+        let deadline = handlers::deadline_from(event.context.deadline());
+        let answer = handlers::dispatch_event(dispatcher, event.payload, Some(deadline)).await?;
+        if let Some(next) = &answer.continuation {
+            lambda
+                .invoke()
+                .function_name(&event.context.invoked_function_arn)
+                .invocation_type(InvocationType::Event)
+                .payload(Blob::new(serde_json::to_vec(next)?))
+                .send()
+                .await?;
+            tracing::info!(continuation = %serde_json::to_string(next)?, "continued in a new invocation");
+        }
+        Ok::<_, Error>(serde_json::to_value(answer)?)
     }))
     .await
 }
