@@ -2,6 +2,7 @@
 //! operator can act on. Every call is an RPC with a JSON body.
 
 use crate::config::{KeySource, SupabaseConfig};
+use crate::retry::Backoff;
 use postgrest::Postgrest;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -85,6 +86,7 @@ pub struct Rest {
     url: String,
     key_source: KeySource,
     timeout: Duration,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Rest {
@@ -117,6 +119,11 @@ impl Rest {
             url: cfg.rest_url.clone(),
             key_source: cfg.key_source,
             timeout: cfg.timeout,
+            backoff: Backoff {
+                base: Duration::from_millis(250),
+                cap: Duration::from_secs(5),
+                max_attempts: 6,
+            },
         })
     }
 
@@ -124,9 +131,34 @@ impl Rest {
         &self.url
     }
 
-    /// Calls `function` with named arguments and decodes its JSON answer. Null
-    /// arguments are left out, so the function's defaults apply.
+    /// Calls `function` with named arguments and decodes its JSON answer,
+    /// retrying transient failures (a restarting database or API) with backoff.
+    /// Every backfill RPC is safe to repeat: their state changes are guarded.
     pub async fn rpc<T: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &Value,
+    ) -> Result<T, RestError> {
+        let mut attempt = 1;
+        loop {
+            match self.rpc_once(function, args).await {
+                Err(e) if e.is_transient() => {
+                    match self.backoff.next_delay(attempt, None, None, Duration::ZERO) {
+                        Some(delay) => {
+                            tracing::warn!(function, attempt, delay_ms = delay.as_millis() as u64, error = %e, "Supabase call failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                        None => return Err(e),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One call. Null arguments are left out, so the function's defaults apply.
+    async fn rpc_once<T: DeserializeOwned>(
         &self,
         function: &str,
         args: &Value,

@@ -6,7 +6,7 @@ use crate::documents::DocumentStore;
 use crate::embedder::{EmbedError, Embedder};
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MessageError};
-use crate::status::{StatusStore, VectorRow};
+use crate::status::{FailedDocument, StatusStore, VectorRow};
 use crate::supabase::RestError;
 use crate::tokens;
 use futures::future::join_all;
@@ -57,6 +57,8 @@ pub struct BatchReport {
     pub fetched: usize,
     pub embedded: u64,
     pub skipped: u64,
+    /// Documents the embeddings API rejected on their own (a 400 for that input alone).
+    pub failed: usize,
     pub truncated: usize,
     pub tokens: u64,
     pub requests: usize,
@@ -118,6 +120,7 @@ impl Worker {
                 documents = r.documents,
                 embedded = r.embedded,
                 skipped = r.skipped,
+                failed = r.failed,
                 truncated = r.truncated,
                 tokens = r.tokens,
                 requests = r.requests,
@@ -206,16 +209,38 @@ impl Worker {
             .collect();
         report.truncated = prepared.iter().filter(|(_, p)| p.truncated).count();
         let counts: Vec<usize> = prepared.iter().map(|(_, p)| p.tokens).collect();
-        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(prepared.len());
+        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];
+        let mut failures: Vec<FailedDocument> = Vec::new();
         for group in batching::pack(&counts, per_request, batching::MAX_TOKENS_PER_REQUEST) {
-            let inputs: Vec<&str> = prepared[group]
-                .iter()
-                .map(|(_, p)| p.text.as_ref())
-                .collect();
-            let out = self.embedder.embed(&inputs, deadline).await?;
-            report.tokens += out.prompt_tokens;
-            report.requests += 1;
-            vectors.extend(out.vectors);
+            // A 400 for a request of many inputs is bisected down to the inputs
+            // that cause it; only those documents fail, the rest are embedded.
+            let mut todo = vec![group];
+            while let Some(range) = todo.pop() {
+                let inputs: Vec<&str> = prepared[range.clone()]
+                    .iter()
+                    .map(|(_, p)| p.text.as_ref())
+                    .collect();
+                report.requests += 1;
+                match self.embedder.embed(&inputs, deadline).await {
+                    Ok(out) => {
+                        report.tokens += out.prompt_tokens;
+                        for (slot, v) in vectors[range].iter_mut().zip(out.vectors) {
+                            *slot = Some(v);
+                        }
+                    }
+                    Err(EmbedError::BadRequest { message, .. }) if range.len() == 1 => {
+                        let id = prepared[range.start].0;
+                        tracing::warn!(run_id = %msg.run_id, batch = msg.batch.0, document_id = id.0, reason = %message, "document rejected by the embeddings API");
+                        failures.push(FailedDocument { id, reason: message });
+                    }
+                    Err(EmbedError::BadRequest { .. }) => {
+                        let mid = range.start + range.len() / 2;
+                        todo.push(mid..range.end);
+                        todo.push(range.start..mid);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         report.embed_ms = t.elapsed().as_millis() as u64;
 
@@ -223,9 +248,8 @@ impl Worker {
         let rows: Vec<VectorRow<'_>> = prepared
             .iter()
             .zip(&vectors)
-            .map(|((id, _), v)| VectorRow {
-                id: *id,
-                embedding: v,
+            .filter_map(|((id, _), v)| {
+                v.as_deref().map(|embedding| VectorRow { id: *id, embedding })
             })
             .collect();
         let done = self
@@ -236,13 +260,14 @@ impl Worker {
                 msg.batch,
                 &rows,
                 report.tokens,
-                &[],
+                &failures,
             )
             .await?;
         report.write_ms = t.elapsed().as_millis() as u64;
         report.counted = done.counted;
         report.embedded = done.written;
         report.skipped = done.skipped;
+        report.failed = failures.len();
         Ok(report)
     }
 }
