@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Applies every infra/migrations/*.sql, in order, to DATABASE_URL (or $1). Each
-# migration is idempotent, so applying them all is always right. The one path
-# used by the tests, the demo and production:
+# Applies the infra/migrations/*.sql not yet applied, in order, to DATABASE_URL
+# (or $1), recording each in backfill_schema_migrations. The one path used by
+# the tests, the demo and production:
 #   DATABASE_URL='postgres://postgres:PASSWORD@db.REF.supabase.co:5432/postgres?sslmode=require' scripts/migrate.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,12 +18,27 @@ if [[ -z "$psql_bin" ]]; then
 fi
 [[ -n "$psql_bin" ]] || { echo "migrate: no psql found: run 'make tools' or install a PostgreSQL client" >&2; exit 2; }
 
+run_psql() { PGOPTIONS='-c client_min_messages=warning' "$psql_bin" "$url" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# Each file is applied once and recorded with it, in one transaction. The files
+# are idempotent too, so a database migrated by hand is safe to migrate again.
+run_psql -c "CREATE TABLE IF NOT EXISTS public.backfill_schema_migrations (
+  name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())" \
+  -c "REVOKE ALL ON public.backfill_schema_migrations FROM PUBLIC"
+
 shopt -s nullglob
-files=("$root"/infra/migrations/*.sql)
-for f in "${files[@]}"; do
-  echo "migrate: applying $(basename "$f")"
-  PGOPTIONS='-c client_min_messages=warning' "$psql_bin" "$url" -X -q -v ON_ERROR_STOP=1 --single-transaction -f "$f"
+applied=0
+for f in "$root"/infra/migrations/*.sql; do
+  name="$(basename "$f")"
+  done_already="$(run_psql -At -c "SELECT 1 FROM public.backfill_schema_migrations WHERE name = '$name'")"
+  if [[ -n "$done_already" ]]; then
+    continue
+  fi
+  echo "migrate: applying $name"
+  run_psql --single-transaction -f "$f" \
+    -c "INSERT INTO public.backfill_schema_migrations (name) VALUES ('$name')"
+  applied=$((applied + 1))
 done
 # PostgREST caches the schema; tell it to reload (harmless where nobody listens).
-"$psql_bin" "$url" -X -q -c "NOTIFY pgrst, 'reload schema'"
-echo "migrate: ${#files[@]} migration(s) applied"
+run_psql -c "NOTIFY pgrst, 'reload schema'"
+echo "migrate: $applied migration(s) applied, the database is up to date"

@@ -320,6 +320,7 @@ impl<Q: Queue> Dispatcher<Q> {
         }
         let params = serde_json::json!({
             "options": opts,
+            "target": self.docs.target(),
             "model": self.model,
             "dimensions": self.dimensions,
         });

@@ -1,6 +1,6 @@
 -- One active run per archive: a dispatch whose archive filter overlaps a run
--- still dispatching or running is refused unless forced. A filter of NULL (all
--- archives) overlaps every other.
+-- still dispatching or running on the same table is refused unless forced. A
+-- filter of NULL (all archives) overlaps every other.
 DROP FUNCTION IF EXISTS public.backfill_create_run(uuid, jsonb, numeric, text);
 
 CREATE OR REPLACE FUNCTION public.backfill_create_run(
@@ -19,6 +19,7 @@ BEGIN
         SELECT id INTO v_active FROM public.backfill_runs
         WHERE state IN ('dispatching', 'running')
           AND (archive IS NULL OR p_archive IS NULL OR archive = p_archive)
+          AND params -> 'target' IS NOT DISTINCT FROM p_params -> 'target'
         ORDER BY created_at DESC LIMIT 1;
         IF FOUND THEN
             RETURN jsonb_build_object('conflict', public.backfill_run_json(v_active));

@@ -334,3 +334,67 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A private PostgREST-compatible server over the stack's database, for tests
+/// that restart it without disturbing the others.
+pub struct PrivateRest {
+    child: Option<Child>,
+    port: u16,
+    db_url: String,
+    jwt_secret: String,
+}
+
+impl PrivateRest {
+    pub fn spawn(stack: &Stack) -> Self {
+        let mut r = Self {
+            child: None,
+            port: free_port(),
+            db_url: stack.var("STACK_POSTGREST_DB_URL"),
+            jwt_secret: stack.var("SUPABASE_JWT_SECRET"),
+        };
+        r.start();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        let bin = repo_root().join(".tools/bin/postrust");
+        let child = Command::new(&bin)
+            .env("DATABASE_URL", &self.db_url)
+            .env("PGRST_DB_ANON_ROLE", "anon")
+            .env("PGRST_JWT_SECRET", &self.jwt_secret)
+            .env("PGRST_SERVER_HOST", "127.0.0.1")
+            .env("PGRST_SERVER_PORT", self.port.to_string())
+            .env("PGRST_DB_SCHEMAS", "public")
+            .env("PGRST_COMPAT_MODE", "true")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e} (make stack installs it)", bin.display()));
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private postrust did not start on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRest {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
