@@ -231,7 +231,10 @@ impl Worker {
                     Err(EmbedError::BadRequest { message, .. }) if range.len() == 1 => {
                         let id = prepared[range.start].0;
                         tracing::warn!(run_id = %msg.run_id, batch = msg.batch.0, document_id = id.0, reason = %message, "document rejected by the embeddings API");
-                        failures.push(FailedDocument { id, reason: message });
+                        failures.push(FailedDocument {
+                            id,
+                            reason: message,
+                        });
                     }
                     Err(EmbedError::BadRequest { .. }) => {
                         let mid = range.start + range.len() / 2;
@@ -249,7 +252,8 @@ impl Worker {
             .iter()
             .zip(&vectors)
             .filter_map(|((id, _), v)| {
-                v.as_deref().map(|embedding| VectorRow { id: *id, embedding })
+                v.as_deref()
+                    .map(|embedding| VectorRow { id: *id, embedding })
             })
             .collect();
         let done = self
