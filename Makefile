@@ -31,14 +31,14 @@ build:
 	cargo build --workspace --bins
 
 test: stack
-	cargo test --workspace --no-fail-fast
+	cargo test --workspace --features embed-backfill/failpoints --no-fail-fast
 
 demo: stack
 	@scripts/demo.sh
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 fmt:
 	cargo fmt --all

@@ -3,6 +3,7 @@
 
 use crate::cost;
 use crate::documents::{DocumentStore, PagedDocument};
+use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, Queue, QueueError};
 use crate::status::{BatchRef, CreatedRun, NewBatch, RunState, RunStatus, StatusStore};
@@ -470,6 +471,7 @@ impl<Q: Queue> Dispatcher<Q> {
                 })
                 .collect();
             self.status.add_batches(run, &batches, last_id).await?;
+            failpoint::crash_point("dispatch_after_save");
             let refs: Vec<BatchRef> = batches
                 .iter()
                 .map(|b| BatchRef {
@@ -481,6 +483,7 @@ impl<Q: Queue> Dispatcher<Q> {
             let messages: Vec<BatchMessage> =
                 refs.iter().map(|b| BatchMessage::of(run, b)).collect();
             self.queue.send(&messages).await?;
+            failpoint::crash_point("dispatch_after_send");
             let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
             self.status.mark_queued(run, &seqs).await?;
             tracing::info!(

@@ -11,6 +11,7 @@ pub mod cost;
 pub mod dispatch;
 pub mod documents;
 pub mod embedder;
+pub mod failpoint;
 pub mod handlers;
 pub mod ids;
 pub mod logging;

@@ -3,6 +3,7 @@
 //! in-process workers through a memory queue.
 
 use crate::dispatch::{DispatchError, DispatchOptions, DispatchSummary, Dispatcher};
+use crate::failpoint;
 use crate::ids::RunId;
 use crate::queue::{MemoryQueue, QueueError, SqsQueue};
 use crate::worker::Worker;
@@ -92,6 +93,7 @@ pub async fn consume_sqs(
                     }
                 }
             }
+            failpoint::crash_point("work_before_delete");
             queue.delete(&done).await?;
         }
         Ok::<(), QueueError>(())

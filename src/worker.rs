@@ -4,6 +4,7 @@
 use crate::batching;
 use crate::documents::DocumentStore;
 use crate::embedder::{EmbedError, Embedder};
+use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MessageError};
 use crate::status::{FailedDocument, StatusStore, VectorRow};
@@ -195,6 +196,7 @@ impl Worker {
             .and_then(|v| v.as_u64())
             .unwrap_or(100) as usize;
 
+        failpoint::crash_point("worker_after_begin");
         let documents = self.docs.fetch_missing(&start.ids).await?;
         report.fetched = documents.len();
         report.fetch_ms = t.elapsed().as_millis() as u64;
@@ -246,6 +248,7 @@ impl Worker {
             }
         }
         report.embed_ms = t.elapsed().as_millis() as u64;
+        failpoint::crash_point("worker_after_embed");
 
         let t = StdInstant::now();
         let rows: Vec<VectorRow<'_>> = prepared
@@ -268,6 +271,7 @@ impl Worker {
             )
             .await?;
         report.write_ms = t.elapsed().as_millis() as u64;
+        failpoint::crash_point("worker_after_complete");
         report.counted = done.counted;
         report.embedded = done.written;
         report.skipped = done.skipped;
