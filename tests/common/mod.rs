@@ -136,6 +136,36 @@ impl Stack {
         aws_sdk_sqs::Client::from_conf(cfg)
     }
 
+    /// The vectors the stack's embeddings server gives `texts`, 100 a request.
+    pub async fn expected_vectors(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        let base = self.var("OPENAI_BASE_URL");
+        let http = reqwest::Client::new();
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(100) {
+            let resp: serde_json::Value = http
+                .post(format!("{base}/embeddings"))
+                .bearer_auth(self.var("OPENAI_API_KEY"))
+                .json(&serde_json::json!({"model": "text-embedding-3-small", "input": chunk}))
+                .send()
+                .await
+                .expect("embeddings server")
+                .json()
+                .await
+                .expect("embeddings json");
+            for item in resp["data"].as_array().expect("data") {
+                out.push(
+                    item["embedding"]
+                        .as_array()
+                        .expect("float vector")
+                        .iter()
+                        .map(|v| v.as_f64().expect("number") as f32)
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
     /// The vector the stack's embeddings server gives `text`.
     pub async fn expected_vector(&self, text: &str) -> Vec<f32> {
         let base = self.var("OPENAI_BASE_URL");
