@@ -479,13 +479,29 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
 }
 
 #[tokio::test]
-async fn a_restarting_api_server_delays_batches_but_loses_none() {
+async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lose_none() {
     let stack = Stack::load();
-    let mut rest = PrivateRest::spawn(&stack);
-    let stack = stack.with("SUPABASE_URL", &rest.url());
     let pg = stack.pg().await;
+    // The server logs in as its own role, so cutting its sessions (what a
+    // Postgres restart does to it) disturbs no other test.
+    let role = unique("authenticator").replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOINHERIT PASSWORD 'outage'; GRANT anon, authenticated, service_role TO {role};"
+    ))
+    .await
+    .unwrap();
+    let db_url = stack
+        .var("DATABASE_URL")
+        .replace("postgres@", &format!("{role}:outage@"));
+    let mut rest = PrivateRest::spawn_with_db(&stack, &db_url);
+    // Slow answers keep the run going through the outage.
+    let standin = Standin::spawn(&["--latency-ms", "250"]);
+    let stack = stack
+        .with("SUPABASE_URL", &rest.url())
+        .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
+        .with("OPENAI_API_KEY", &standin.key);
     let archive = unique("outage");
-    let texts: Vec<String> = (0..120)
+    let texts: Vec<String> = (0..200)
         .map(|i| format!("§ {i} Kommunen fører tilsyn med at loven følges."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
@@ -513,6 +529,16 @@ async fn a_restarting_api_server_delays_batches_but_loses_none() {
         rest.stop();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         rest.start();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cut: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1) t",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(cut > 0, "the server held no database sessions to cut");
         for _ in 0..120 {
             let run = stores
                 .status
@@ -534,9 +560,17 @@ async fn a_restarting_api_server_delays_batches_but_loses_none() {
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.documents_embedded, run.batches_done, run.batches_failed),
-        (120, 24, 0)
+        (200, 40, 0)
     );
-    assert_eq!(vectors(&pg, TABLE, &ids).await.len(), 120);
+    assert_eq!(vectors(&pg, TABLE, &ids).await.len(), 200);
+    assert!(
+        run.finished_at.unwrap() - run.created_at > chrono::Duration::seconds(3),
+        "the run ended before the outage"
+    );
+    rest.stop();
+    pg.batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -376,10 +376,16 @@ pub struct PrivateRest {
 
 impl PrivateRest {
     pub fn spawn(stack: &Stack) -> Self {
+        Self::spawn_with_db(stack, &stack.var("STACK_POSTGREST_DB_URL"))
+    }
+
+    /// Connects to the database as another role, so a test can cut this
+    /// server's database sessions without touching anyone else's.
+    pub fn spawn_with_db(stack: &Stack, db_url: &str) -> Self {
         let mut r = Self {
             child: None,
             port: free_port(),
-            db_url: stack.var("STACK_POSTGREST_DB_URL"),
+            db_url: db_url.to_string(),
             jwt_secret: stack.var("SUPABASE_JWT_SECRET"),
         };
         r.start();
