@@ -172,30 +172,25 @@ impl Rest {
             .unwrap_or_default(),
             other => other.to_string(),
         };
+        let timed_out = |_| RestError::Timeout {
+            url: self.url.clone(),
+            function: function.to_string(),
+            timeout: self.timeout,
+        };
+        let unreachable = |e: &dyn std::error::Error| RestError::Unreachable {
+            url: self.url.clone(),
+            reason: describe_transport_error(e),
+        };
         let request = self.client.rpc(function, body).execute();
         let response = tokio::time::timeout(self.timeout, request)
             .await
-            .map_err(|_| RestError::Timeout {
-                url: self.url.clone(),
-                function: function.to_string(),
-                timeout: self.timeout,
-            })?
-            .map_err(|e| RestError::Unreachable {
-                url: self.url.clone(),
-                reason: describe_transport_error(&e),
-            })?;
+            .map_err(timed_out)?
+            .map_err(|e| unreachable(&e))?;
         let status = response.status().as_u16();
         let body = tokio::time::timeout(self.timeout, response.text())
             .await
-            .map_err(|_| RestError::Timeout {
-                url: self.url.clone(),
-                function: function.to_string(),
-                timeout: self.timeout,
-            })?
-            .map_err(|e| RestError::Unreachable {
-                url: self.url.clone(),
-                reason: describe_transport_error(&e),
-            })?;
+            .map_err(timed_out)?
+            .map_err(|e| unreachable(&e))?;
         if (200..300).contains(&status) {
             let body = if body.trim().is_empty() {
                 "null"

@@ -7,7 +7,6 @@ use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::handlers;
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::runner::{self, ConsumeOptions};
-use embed_backfill::setup;
 use embed_backfill::status::RunState;
 use embed_backfill::tokens;
 use std::time::Duration;
@@ -28,9 +27,7 @@ async fn dispatch(
     queue: &SqsQueue,
     json: &str,
 ) -> embed_backfill::dispatch::DispatchSummary {
-    let env = stack.env();
-    let stores = setup::stores(&env).expect("stores");
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).expect("dispatcher");
+    let dispatcher = stack.dispatcher(queue);
     let options = DispatchRequest::from_json(json)
         .expect("event")
         .validate()
@@ -39,9 +36,7 @@ async fn dispatch(
 }
 
 async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
-    let env = stack.env();
-    let stores = setup::stores(&env).expect("stores");
-    let worker = setup::worker(&env, &stores).expect("worker");
+    let worker = stack.worker();
     runner::consume_sqs(&worker, queue, &drain_opts())
         .await
         .expect("drain")
@@ -106,8 +101,7 @@ async fn archive_backfill_end_to_end() {
         .iter()
         .filter(|t| t.as_deref().is_none_or(tokens::is_blank))
         .count() as u64;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
+    let stores = stack.stores();
     let run = stores
         .status
         .run_status(summary.run_id)
@@ -285,9 +279,8 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
     assert_eq!(received.len(), 1);
     let msg = &received[0].0;
 
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let worker = setup::worker(&env, &stores).unwrap();
+    let stores = stack.stores();
+    let worker = stack.worker();
     let first = worker.handle(msg, None).await.unwrap();
     assert!(first.counted && !first.already_done);
     let after_first = stores
@@ -360,9 +353,8 @@ async fn bad_messages_fail_alone_in_an_sqs_event() {
         ]
     }))
     .unwrap();
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let worker = setup::worker(&env, &stores).unwrap();
+    let stores = stack.stores();
+    let worker = stack.worker();
     let response = handlers::sqs_event(&worker, event, None).await.unwrap();
     let mut failed: Vec<String> = response
         .batch_item_failures

@@ -9,7 +9,6 @@ mod common;
 use common::{insert_docs, unique, vectors, PrivateRest, Stack, Standin};
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::redrive;
-use embed_backfill::setup;
 use embed_backfill::status::RunState;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,34 +33,6 @@ fn spawn_worker(stack: &Stack) -> Child {
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
-}
-
-async fn depth(stack: &Stack, url: &str) -> u64 {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let attrs = stack
-        .sqs_client()
-        .await
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes
-        .unwrap_or_default();
-    [
-        A::ApproximateNumberOfMessages,
-        A::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| {
-        attrs
-            .get(a)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    })
-    .sum()
 }
 
 #[tokio::test]
@@ -96,9 +67,8 @@ async fn chaos() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
 
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     let opts = embed_backfill::dispatch::DispatchRequest {
         archive: Some(archive.clone()),
         batch_size: Some(50),
@@ -143,10 +113,10 @@ async fn chaos() {
             .await
             .unwrap()
             .unwrap();
-        if depth(&stack, queue.url()).await > 0 {
+        if stack.queue_depth(queue.url()).await > 0 {
             continue;
         }
-        let in_dlq = depth(&stack, &dlq_url).await;
+        let in_dlq = stack.queue_depth(&dlq_url).await;
         if in_dlq > 0 {
             redriven += redrive::redrive(&dlq, &queue, Some(run_id), None)
                 .await
@@ -205,8 +175,8 @@ async fn chaos() {
         .failed_documents
         .iter()
         .all(|d| d.reason.contains("injected fault")));
-    assert_eq!(depth(&stack, &dlq_url).await, 0);
-    assert_eq!(depth(&stack, queue.url()).await, 0);
+    assert_eq!(stack.queue_depth(&dlq_url).await, 0);
+    assert_eq!(stack.queue_depth(queue.url()).await, 0);
 
     let stored = vectors(&pg, TABLE, &ids).await;
     let good: Vec<usize> = (0..DOCS).filter(|i| !POISON.contains(i)).collect();

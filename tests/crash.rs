@@ -5,7 +5,6 @@
 mod common;
 
 use common::{insert_docs, unique, vectors, Stack};
-use embed_backfill::setup;
 use embed_backfill::status::RunState;
 use embed_backfill::tokens;
 use std::collections::HashSet;
@@ -80,9 +79,8 @@ async fn assert_clean_result(
         .await
         .unwrap();
     let run_id: String = row.get(0);
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let run = stores
+    let run = stack
+        .stores()
         .status
         .run_status(Some(run_id.parse().unwrap()))
         .await

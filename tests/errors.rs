@@ -4,7 +4,6 @@ mod common;
 
 use common::{insert_docs, unique, Stack, Standin};
 use embed_backfill::embedder::EmbedError;
-use embed_backfill::setup;
 use embed_backfill::supabase::{Rest, RestError};
 use embed_backfill::worker::WorkerError;
 use std::time::Duration;
@@ -16,8 +15,7 @@ async fn a_wrong_service_key_names_the_variable() {
         "SUPABASE_SERVICE_ROLE_KEY",
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLWRvZXMtbm90LW1hdGNo",
     );
-    let env = wrong.env();
-    let stores = setup::stores(&env).unwrap();
+    let stores = wrong.stores();
     let err = stores.docs.coverage(None).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RestError::Unauthorized { .. }), "{text}");
@@ -46,9 +44,8 @@ async fn a_wrong_openai_key_fails_at_once_without_retries() {
     )
     .await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     let opts = embed_backfill::dispatch::DispatchRequest {
         archive: Some(archive.clone()),
         ..Default::default()
@@ -62,7 +59,7 @@ async fn a_wrong_openai_key_fails_at_once_without_retries() {
         .unwrap()
         .remove(0)
         .0;
-    let worker = setup::worker(&env, &stores).unwrap();
+    let worker = stack.worker();
     let err = worker.handle(&msg, None).await.unwrap_err();
     assert!(
         matches!(err, WorkerError::Embed(EmbedError::InvalidKey { .. })),
@@ -104,8 +101,7 @@ async fn a_missing_column_names_the_migration() {
     .await
     .unwrap();
     let stack = stack.with("BACKFILL_TABLE", &table);
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
+    let stores = stack.stores();
     let err = stores.docs.page(None, None, 10, false).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
@@ -135,8 +131,7 @@ async fn a_missing_function_names_the_migration() {
 #[tokio::test]
 async fn an_unreachable_service_says_so() {
     let stack = Stack::load().with("SUPABASE_URL", "http://127.0.0.1:9");
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
+    let stores = stack.stores();
     let err = stores.docs.coverage(None).await.unwrap_err();
     assert!(err.is_transient());
     assert!(err.to_string().contains("SUPABASE_URL"), "{err}");
@@ -204,8 +199,7 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
     }
     // And the same call with the anon key through the client names the key.
     let env_stack = stack.with("SUPABASE_SERVICE_ROLE_KEY", &anon);
-    let env = env_stack.env();
-    let stores = setup::stores(&env).unwrap();
+    let stores = env_stack.stores();
     let err = stores.status.run_status(None).await.unwrap_err();
     assert!(matches!(err, RestError::Unauthorized { .. }), "{err}");
 }

@@ -10,7 +10,6 @@ use embed_backfill::handlers::{self, HandlerError};
 use embed_backfill::queue::{BatchMessage, SqsQueue};
 use embed_backfill::redrive;
 use embed_backfill::runner::{self, ConsumeOptions};
-use embed_backfill::setup;
 use embed_backfill::status::RunState;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -34,40 +33,10 @@ fn drain_opts(timeout: Duration) -> ConsumeOptions {
 }
 
 async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let worker = setup::worker(&env, &stores).unwrap();
+    let worker = stack.worker();
     runner::consume_sqs(&worker, queue, &drain_opts(Duration::from_secs(60)))
         .await
         .unwrap()
-}
-
-async fn queue_depth(stack: &Stack, url: &str) -> u64 {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let attrs = stack
-        .sqs_client()
-        .await
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap_or_default();
-    [
-        A::ApproximateNumberOfMessages,
-        A::ApproximateNumberOfMessagesNotVisible,
-    ]
-    .iter()
-    .map(|a| {
-        attrs
-            .get(a)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    })
-    .sum()
 }
 
 #[tokio::test]
@@ -83,9 +52,8 @@ async fn poison_documents_fail_alone_and_the_rest_is_embedded() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(
             r#"{{"archive": "{archive}", "batch_size": 12, "embedding_batch_size": 12}}"#
@@ -146,9 +114,7 @@ async fn overlapping_runs_are_refused_unless_forced() {
     )
     .await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let dispatcher = stack.dispatcher(&queue);
     let first = dispatcher
         .dispatch(&options(&format!(r#"{{"archive": "{archive}"}}"#)))
         .await
@@ -187,11 +153,8 @@ async fn overlapping_runs_are_refused_unless_forced() {
     .unwrap();
     insert_docs(&pg, &table, "a", &[Some("Lov om havner")]).await;
     let other = stack.with("BACKFILL_TABLE", &table);
-    let other_env = other.env();
-    let other_stores = setup::stores(&other_env).unwrap();
     let (other_queue, _) = other.fresh_queue(30, 5).await;
-    let other_dispatcher =
-        setup::dispatcher(&other_env, &other_stores, other_queue.clone()).unwrap();
+    let other_dispatcher = other.dispatcher(&other_queue);
     other_dispatcher.dispatch(&options("{}")).await.unwrap();
     let err = other_dispatcher
         .dispatch(&options(r#"{"archive": "a"}"#))
@@ -222,9 +185,8 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(
             r#"{{"archive": "{archive}", "batch_size": 3}}"#
@@ -292,9 +254,8 @@ async fn dead_letters_are_redriven_and_counted_once() {
     .await;
     let (queue, dlq_url) = stack.fresh_queue(1, 2).await;
     let dlq = SqsQueue::new(stack.sqs_client().await, dlq_url.clone());
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(r#"{{"archive": "{archive}"}}"#)))
         .await
@@ -312,11 +273,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
 
     // A persistent 500: each delivery fails fast (a short deadline leaves no time
     // to retry inside it) until SQS moves the message to the dead-letter queue.
-    let worker = setup::worker(
-        &stack.with("BACKFILL_MAX_RECEIVE_COUNT", "2").env(),
-        &stores,
-    )
-    .unwrap();
+    let worker = stack.with("BACKFILL_MAX_RECEIVE_COUNT", "2").worker();
     let short = ConsumeOptions {
         until_empty: true,
         concurrency: 1,
@@ -325,12 +282,12 @@ async fn dead_letters_are_redriven_and_counted_once() {
     };
     for _ in 0..30 {
         runner::consume_sqs(&worker, &queue, &short).await.unwrap();
-        if queue_depth(&stack, queue.url()).await == 0 && queue_depth(&stack, &dlq_url).await >= 3 {
+        if stack.queue_depth(queue.url()).await == 0 && stack.queue_depth(&dlq_url).await >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
-    assert_eq!(queue_depth(&stack, queue.url()).await, 0);
+    assert_eq!(stack.queue_depth(queue.url()).await, 0);
     let run = stores
         .status
         .run_status(Some(run_id))
@@ -387,9 +344,8 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
 
     // A deadline already near: each invocation pages once and asks to be continued.
     let event = serde_json::json!({"archive": archive, "batch_size": 1, "limit": 50});
@@ -507,16 +463,15 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(5, 10).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(
             r#"{{"archive": "{archive}", "batch_size": 5}}"#
         )))
         .await
         .unwrap();
-    let worker = setup::worker(&env, &stores).unwrap();
+    let worker = stack.worker();
     let consume = ConsumeOptions {
         until_empty: false,
         concurrency: 2,
@@ -579,9 +534,7 @@ async fn malformed_dispatcher_events_are_refused_before_anything_happens() {
     // with a connection error instead of naming its fault.
     let stack = Stack::load().with("SUPABASE_URL", "http://127.0.0.1:9");
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let dispatcher = stack.dispatcher(&queue);
     let run = uuid::Uuid::new_v4();
     let events: Vec<(serde_json::Value, &str)> = vec![
         (serde_json::json!(null), "JSON object"),
@@ -657,9 +610,8 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     let archive = unique("bodies");
     insert_docs(&pg, TABLE, &archive, &[Some("Lov om kringkasting")]).await;
     let (queue, _) = stack.fresh_queue(2, 5).await;
-    let env = stack.env();
-    let stores = setup::stores(&env).unwrap();
-    let dispatcher = setup::dispatcher(&env, &stores, queue.clone()).unwrap();
+    let stores = stack.stores();
+    let dispatcher = stack.dispatcher(&queue);
     dispatcher
         .dispatch(&options(&format!(r#"{{"archive": "{archive}"}}"#)))
         .await
@@ -687,7 +639,7 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     ];
     assert!(bad.len() >= 10);
     queue.send_raw(&bad).await.unwrap();
-    let worker = setup::worker(&env, &stores).unwrap();
+    let worker = stack.worker();
     let mut received = Vec::new();
     for _ in 0..10 {
         received.extend(queue.receive(10, Duration::from_secs(1)).await.unwrap());

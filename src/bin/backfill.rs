@@ -276,13 +276,7 @@ async fn execute(cli: Cli) -> Result<()> {
                         ),
                     }
                 };
-                if args.json {
-                    let mut value = serde_json::to_value(&status)?;
-                    value["progress"] = serde_json::to_value(progress::of(&status))?;
-                    println!("{}", serde_json::to_string_pretty(&value)?);
-                } else {
-                    print_status(&status);
-                }
+                show_status(&status, args.json)?;
                 if !args.watch || status.state.is_finished() {
                     return Ok(());
                 }
@@ -373,12 +367,17 @@ async fn run<F: Fn(&str) -> Option<String>>(env: &config::Env<F>, args: RunArgs)
         .run_status(Some(run_id))
         .await?
         .context("the run vanished from backfill_runs")?;
-    if args.json {
-        let mut value = serde_json::to_value(&status)?;
-        value["progress"] = serde_json::to_value(progress::of(&status))?;
+    show_status(&status, args.json)
+}
+
+/// The status row with its progress, as JSON or as the old tool's lines.
+fn show_status(status: &RunStatus, json: bool) -> Result<()> {
+    if json {
+        let mut value = serde_json::to_value(status)?;
+        value["progress"] = serde_json::to_value(progress::of(status))?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_status(&status);
+        print_status(status);
     }
     Ok(())
 }

@@ -5,7 +5,10 @@
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use embed_backfill::config::Env;
+use embed_backfill::dispatch::Dispatcher;
 use embed_backfill::queue::SqsQueue;
+use embed_backfill::setup;
+use embed_backfill::worker::Worker;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -63,6 +66,47 @@ impl Stack {
 
     pub fn env(&self) -> Env<impl Fn(&str) -> Option<String> + '_> {
         Env(move |name: &str| self.vars.get(name).cloned())
+    }
+
+    pub fn stores(&self) -> setup::Stores {
+        setup::stores(&self.env()).expect("stores from the stack's settings")
+    }
+
+    pub fn dispatcher(&self, queue: &SqsQueue) -> Dispatcher<SqsQueue> {
+        setup::dispatcher(&self.env(), &self.stores(), queue.clone()).expect("dispatcher")
+    }
+
+    pub fn worker(&self) -> Worker {
+        setup::worker(&self.env(), &self.stores()).expect("worker")
+    }
+
+    /// Messages in a queue, visible or in flight.
+    pub async fn queue_depth(&self, url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attrs = self
+            .sqs_client()
+            .await
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .unwrap_or_default();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .map(|a| {
+            attrs
+                .get(a)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
     }
 
     pub async fn pg(&self) -> tokio_postgres::Client {
