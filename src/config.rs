@@ -2,6 +2,7 @@
 //! under the names the old TypeScript tool and Supabase use.
 
 use crate::documents::Target;
+use crate::rate::Budget;
 use crate::secret::Secret;
 use std::time::Duration;
 use thiserror::Error;
@@ -53,6 +54,10 @@ pub struct OpenAiConfig {
     pub model: String,
     pub dimensions: u32,
     pub timeout: Duration,
+    /// A budget to pace to; without one the governor learns the limits from the API.
+    pub budget: Budget,
+    /// Requests one process keeps in flight at most.
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +101,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 value: v.clone(),
                 reason: e.to_string(),
             }),
+        }
+    }
+
+    /// A positive number, or nothing.
+    fn optional(&self, name: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(ConfigError::Invalid {
+                    name,
+                    value: v,
+                    reason: "it must be a whole number above 0 (per minute), or unset".into(),
+                }),
+            },
         }
     }
 
@@ -158,6 +178,13 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 .unwrap_or_else(|| "text-embedding-3-small".into()),
             dimensions,
             timeout: Duration::from_secs(self.parse("BACKFILL_HTTP_TIMEOUT_SECS", 60u64)?),
+            budget: Budget {
+                tokens_per_minute: self.optional("BACKFILL_TPM_LIMIT")?,
+                requests_per_minute: self.optional("BACKFILL_RPM_LIMIT")?,
+            },
+            max_concurrent_requests: self
+                .parse("BACKFILL_MAX_CONCURRENT_REQUESTS", 32usize)?
+                .max(1),
         })
     }
 

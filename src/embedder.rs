@@ -3,11 +3,13 @@
 //! former within the caller's deadline.
 
 use crate::config::OpenAiConfig;
+use crate::rate::{Governor, TooLong};
 use crate::retry::{parse_go_duration, Backoff};
 use crate::secret::Secret;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -72,6 +74,8 @@ pub struct Embedder {
     model: String,
     dimensions: u32,
     backoff: Backoff,
+    governor: Arc<Governor>,
+    max_concurrent_requests: usize,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -140,6 +144,8 @@ impl Embedder {
             model: cfg.model.clone(),
             dimensions: cfg.dimensions,
             backoff: Backoff::default(),
+            governor: Arc::new(Governor::new(cfg.budget, cfg.max_concurrent_requests)),
+            max_concurrent_requests: cfg.max_concurrent_requests,
         })
     }
 
@@ -147,23 +153,42 @@ impl Embedder {
         &self.model
     }
 
+    /// Requests this process keeps in flight at most.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests
+    }
+
     pub fn dimensions(&self) -> u32 {
         self.dimensions
     }
 
-    /// Embeds `inputs`, retrying transient failures until `deadline` (less a
-    /// margin) would be passed. Permanent errors return at once.
+    /// Embeds `inputs` (`tokens` in all) when the rate governor allows,
+    /// retrying transient failures until `deadline` (less a margin) would be
+    /// passed. Permanent errors return at once.
     pub async fn embed(
         &self,
         inputs: &[&str],
+        tokens: u64,
         deadline: Option<Instant>,
     ) -> Result<Embeddings, EmbedError> {
+        let margin = Duration::from_secs(5);
         let mut attempt = 1;
         loop {
-            match self.embed_once(inputs).await {
+            let permit = self
+                .governor
+                .acquire(tokens, deadline.map(|d| d - margin))
+                .await
+                .map_err(|TooLong(wait)| EmbedError::RateLimited {
+                    message: format!(
+                        "the rate budget has no room for {tokens} tokens before the deadline"
+                    ),
+                    retry_after: Some(wait),
+                })?;
+            let result = self.send(inputs).await;
+            drop(permit);
+            match result {
                 Ok(e) => return Ok(e),
                 Err(err) if err.is_retryable() => {
-                    let margin = Duration::from_secs(5);
                     match self
                         .backoff
                         .next_delay(attempt, err.server_hint(), deadline, margin)
@@ -181,8 +206,8 @@ impl Embedder {
         }
     }
 
-    /// One request, no retries.
-    pub async fn embed_once(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
+    /// One request, no retries; tells the governor what the answer said.
+    async fn send(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
         let mut body = json!({
             "model": self.model,
             "input": inputs,
@@ -210,8 +235,17 @@ impl Embedder {
             reason: describe(&e),
         })?;
         if status != 200 {
-            return Err(classify(status, &headers, &bytes));
+            let err = classify(status, &headers, &bytes);
+            let limited = match &err {
+                EmbedError::RateLimited { retry_after, .. } => {
+                    Some(retry_after.unwrap_or(Duration::from_secs(1)))
+                }
+                _ => None,
+            };
+            self.governor.observe(&headers, limited);
+            return Err(err);
         }
+        self.governor.observe(&headers, None);
         let parsed: ApiResponse =
             serde_json::from_slice(&bytes).map_err(|e| EmbedError::Decode {
                 reason: e.to_string(),

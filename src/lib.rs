@@ -17,6 +17,7 @@ pub mod ids;
 pub mod logging;
 pub mod progress;
 pub mod queue;
+pub mod rate;
 pub mod redrive;
 pub mod retry;
 pub mod runner;

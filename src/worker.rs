@@ -11,7 +11,9 @@ use crate::status::{FailedDocument, StatusStore, VectorRow};
 use crate::supabase::RestError;
 use crate::tokens;
 use futures::future::join_all;
+use futures::StreamExt;
 use serde::Serialize;
+use std::ops::Range;
 use std::time::Instant as StdInstant;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -213,40 +215,23 @@ impl Worker {
         let counts: Vec<usize> = prepared.iter().map(|(_, p)| p.tokens).collect();
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];
         let mut failures: Vec<FailedDocument> = Vec::new();
-        for group in batching::pack(&counts, per_request, batching::MAX_TOKENS_PER_REQUEST) {
-            // A 400 for a request of many inputs is bisected down to the inputs
-            // that cause it; only those documents fail, the rest are embedded.
-            let mut todo = vec![group];
-            while let Some(range) = todo.pop() {
-                let inputs: Vec<&str> = prepared[range.clone()]
-                    .iter()
-                    .map(|(_, p)| p.text.as_ref())
-                    .collect();
-                report.requests += 1;
-                match self.embedder.embed(&inputs, deadline).await {
-                    Ok(out) => {
-                        report.tokens += out.prompt_tokens;
-                        for (slot, v) in vectors[range].iter_mut().zip(out.vectors) {
-                            *slot = Some(v);
-                        }
-                    }
-                    Err(EmbedError::BadRequest { message, .. }) if range.len() == 1 => {
-                        let id = prepared[range.start].0;
-                        tracing::warn!(run_id = %msg.run_id, batch = msg.batch.0, document_id = id.0, reason = %message, "document rejected by the embeddings API");
-                        failures.push(FailedDocument {
-                            id,
-                            reason: message,
-                        });
-                    }
-                    Err(EmbedError::BadRequest { .. }) => {
-                        let mid = range.start + range.len() / 2;
-                        todo.push(mid..range.end);
-                        todo.push(range.start..mid);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        // The requests of a batch run concurrently; the rate governor decides
+        // how many are really in flight.
+        let groups = batching::pack(&counts, per_request, batching::MAX_TOKENS_PER_REQUEST);
+        let mut results = futures::stream::iter(groups)
+            .map(|g| self.embed_group(msg, &prepared, g, deadline))
+            .buffer_unordered(self.embedder.max_concurrent_requests());
+        while let Some(group) = results.next().await {
+            let group = group?;
+            report.tokens += group.tokens;
+            report.requests += group.requests;
+            for (i, v) in group.vectors {
+                vectors[i] = Some(v);
             }
+            failures.extend(group.failures);
         }
+        drop(results);
+        failures.sort_by_key(|f| f.id);
         report.embed_ms = t.elapsed().as_millis() as u64;
         failpoint::crash_point("worker_after_embed");
 
@@ -278,4 +263,59 @@ impl Worker {
         report.failed = failures.len();
         Ok(report)
     }
+
+    /// Embeds one request's worth of inputs. A 400 for several inputs is
+    /// bisected down to the inputs that cause it; only those documents fail.
+    async fn embed_group(
+        &self,
+        msg: &BatchMessage,
+        prepared: &[(DocumentId, tokens::Prepared<'_>)],
+        group: Range<usize>,
+        deadline: Option<Instant>,
+    ) -> Result<GroupResult, EmbedError> {
+        let mut out = GroupResult::default();
+        let mut todo = vec![group];
+        while let Some(range) = todo.pop() {
+            let inputs: Vec<&str> = prepared[range.clone()]
+                .iter()
+                .map(|(_, p)| p.text.as_ref())
+                .collect();
+            let tokens: u64 = prepared[range.clone()]
+                .iter()
+                .map(|(_, p)| p.tokens as u64)
+                .sum();
+            out.requests += 1;
+            match self.embedder.embed(&inputs, tokens, deadline).await {
+                Ok(e) => {
+                    out.tokens += e.prompt_tokens;
+                    out.vectors.extend(range.zip(e.vectors));
+                }
+                Err(EmbedError::BadRequest { message, .. }) if range.len() == 1 => {
+                    let id = prepared[range.start].0;
+                    tracing::warn!(run_id = %msg.run_id, batch = msg.batch.0, document_id = id.0, reason = %message, "document rejected by the embeddings API");
+                    out.failures.push(FailedDocument {
+                        id,
+                        reason: message,
+                    });
+                }
+                Err(EmbedError::BadRequest { .. }) => {
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What one request group produced: vectors by input index, rejected
+/// documents, and what it cost.
+#[derive(Default)]
+struct GroupResult {
+    vectors: Vec<(usize, Vec<f32>)>,
+    failures: Vec<FailedDocument>,
+    tokens: u64,
+    requests: usize,
 }

@@ -89,9 +89,32 @@ struct RunArgs {
     /// Batches embedded at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
+    #[command(flatten)]
+    rate: RateArgs,
     /// Print the final status as JSON instead of a progress bar
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Clone, Copy)]
+struct RateArgs {
+    /// Tokens per minute to stay under [env: BACKFILL_TPM_LIMIT; default: the limit the API reports]
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests per minute to stay under [env: BACKFILL_RPM_LIMIT; default: the limit the API reports]
+    #[arg(long)]
+    rpm: Option<u64>,
+}
+
+impl RateArgs {
+    /// The settings, with these flags over the environment's values.
+    fn env(self) -> config::Env<impl Fn(&str) -> Option<String>> {
+        config::Env(move |name: &str| match name {
+            "BACKFILL_TPM_LIMIT" if self.tpm.is_some() => self.tpm.map(|v| v.to_string()),
+            "BACKFILL_RPM_LIMIT" if self.rpm.is_some() => self.rpm.map(|v| v.to_string()),
+            _ => std::env::var(name).ok(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -135,6 +158,8 @@ struct WorkArgs {
     /// Seconds one receive may take, like the worker Lambda's timeout
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    #[command(flatten)]
+    rate: RateArgs,
     #[arg(long)]
     json: bool,
 }
@@ -176,7 +201,7 @@ async fn main() {
 async fn execute(cli: Cli) -> Result<()> {
     let env = config::process_env();
     match cli.command {
-        Command::Run(args) => run(&env, args).await,
+        Command::Run(args) => run(&args.rate.env(), args).await,
         Command::Dispatch(args) => {
             let request = DispatchRequest {
                 continue_run: args.continue_run,
@@ -242,7 +267,7 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Work(args) => {
             let stores = setup::stores(&env)?;
-            let worker = setup::worker(&env, &stores)?;
+            let worker = setup::worker(&args.rate.env(), &stores)?;
             let queue = setup::sqs_queue(&env).await?;
             let opts = ConsumeOptions {
                 until_empty: args.until_empty,

@@ -1,0 +1,310 @@
+//! The rate governor: one per process, shared by every request it makes, so
+//! the backfill runs at the account's limit instead of into it.
+//!
+//! It paces by a token bucket per limit (tokens and requests per minute), sized
+//! by the configured budget or, without one, by the `x-ratelimit-limit-*`
+//! headers; it lowers its bucket to the `x-ratelimit-remaining-*` the API
+//! reports (which counts every client of the account); it pauses everyone when
+//! a 429 arrives; and it adapts how many requests are in flight with AIMD:
+//! one more after each window of successes, half as many after a 429.
+
+use reqwest::header::HeaderMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A configured budget; `None` learns the limit from the API's headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens_per_minute: Option<u64>,
+    pub requests_per_minute: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    level: f64,
+}
+
+impl Bucket {
+    fn new(per_minute: f64) -> Self {
+        Self {
+            capacity: per_minute,
+            level: per_minute,
+        }
+    }
+
+    fn refill(&mut self, elapsed: Duration) {
+        self.level = (self.level + elapsed.as_secs_f64() * self.capacity / 60.0).min(self.capacity);
+    }
+
+    /// Time until `n` is available; a request larger than the whole bucket
+    /// waits for a full one.
+    fn wait_for(&self, n: f64) -> Duration {
+        let need = n.min(self.capacity);
+        if self.level >= need {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - self.level) * 60.0 / self.capacity)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    tokens: Option<Bucket>,
+    requests: Option<Bucket>,
+    refilled: Instant,
+    paused_until: Option<Instant>,
+    in_flight: usize,
+    /// Fractional, so additive increase can be one per window of successes.
+    concurrency: f64,
+}
+
+#[derive(Debug)]
+pub struct Governor {
+    state: Mutex<State>,
+    configured: Budget,
+    max_concurrency: usize,
+}
+
+/// A slot for one request; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    governor: &'a Governor,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut s = self.governor.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
+}
+
+/// How long the governor would have a request wait; the caller gives up when
+/// that is past its deadline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TooLong(pub Duration);
+
+const START_CONCURRENCY: f64 = 4.0;
+const POLL: Duration = Duration::from_millis(20);
+
+impl Governor {
+    pub fn new(budget: Budget, max_concurrency: usize) -> Self {
+        let max_concurrency = max_concurrency.max(1);
+        Self {
+            state: Mutex::new(State {
+                tokens: budget.tokens_per_minute.map(|l| Bucket::new(l as f64)),
+                requests: budget.requests_per_minute.map(|l| Bucket::new(l as f64)),
+                refilled: Instant::now(),
+                paused_until: None,
+                in_flight: 0,
+                concurrency: START_CONCURRENCY.min(max_concurrency as f64),
+            }),
+            configured: budget,
+            max_concurrency,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests allowed in flight now.
+    pub fn concurrency(&self) -> usize {
+        self.lock().concurrency as usize
+    }
+
+    /// Waits for a slot and for `tokens` of budget, or says how long it would
+    /// take when that ends after `deadline`.
+    pub async fn acquire(
+        &self,
+        tokens: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Permit<'_>, TooLong> {
+        loop {
+            let wait = {
+                let mut guard = self.lock();
+                let s = &mut *guard;
+                let now = Instant::now();
+                let elapsed = now.duration_since(s.refilled);
+                s.refilled = now;
+                for b in [s.tokens.as_mut(), s.requests.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    b.refill(elapsed);
+                }
+                let paused = s
+                    .paused_until
+                    .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+                let budget = [
+                    s.tokens
+                        .as_ref()
+                        .map_or(Duration::ZERO, |b| b.wait_for(tokens as f64)),
+                    s.requests
+                        .as_ref()
+                        .map_or(Duration::ZERO, |b| b.wait_for(1.0)),
+                ]
+                .into_iter()
+                .max()
+                .unwrap_or_default();
+                let wait = paused.max(budget);
+                if wait.is_zero() && s.in_flight < s.concurrency as usize {
+                    if let Some(b) = s.tokens.as_mut() {
+                        b.level -= (tokens as f64).min(b.capacity);
+                    }
+                    if let Some(b) = s.requests.as_mut() {
+                        b.level -= 1.0;
+                    }
+                    s.in_flight += 1;
+                    return Ok(Permit { governor: self });
+                }
+                wait
+            };
+            if let Some(d) = deadline {
+                if Instant::now() + wait > d {
+                    return Err(TooLong(wait));
+                }
+            }
+            tokio::time::sleep(wait.clamp(POLL, Duration::from_secs(1))).await;
+        }
+    }
+
+    /// Learns from a response: the limits and what remains of them, and, on a
+    /// 429, to pause and to send fewer requests at once.
+    pub fn observe(&self, headers: &HeaderMap, rate_limited: Option<Duration>) {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let learned = [
+            (
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                self.configured.tokens_per_minute,
+            ),
+            (
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                self.configured.requests_per_minute,
+            ),
+        ];
+        for (i, (limit_name, remaining_name, configured)) in learned.into_iter().enumerate() {
+            let bucket = if i == 0 {
+                &mut s.tokens
+            } else {
+                &mut s.requests
+            };
+            if configured.is_none() {
+                if let Some(limit) = header(limit_name).filter(|l| *l > 0.0) {
+                    match bucket {
+                        Some(b) => b.capacity = limit,
+                        None => *bucket = Some(Bucket::new(limit)),
+                    }
+                }
+            }
+            if let (Some(b), Some(remaining)) = (bucket.as_mut(), header(remaining_name)) {
+                b.level = b.level.min(remaining);
+            }
+        }
+        match rate_limited {
+            Some(wait) => {
+                let until = Instant::now() + wait.max(Duration::from_millis(100));
+                s.paused_until = Some(s.paused_until.map_or(until, |u| u.max(until)));
+                s.concurrency = (s.concurrency / 2.0).max(1.0);
+                if let Some(b) = s.tokens.as_mut() {
+                    b.level = b.level.min(0.0);
+                }
+            }
+            None => {
+                s.concurrency =
+                    (s.concurrency + 1.0 / s.concurrency).min(self.max_concurrency as f64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_to_the_token_budget() {
+        let g = Governor::new(
+            Budget {
+                tokens_per_minute: Some(6_000),
+                requests_per_minute: None,
+            },
+            8,
+        );
+        let start = Instant::now();
+        // The bucket starts full; 12,000 tokens take another minute.
+        for _ in 0..12 {
+            drop(g.acquire(1_000, None).await.unwrap());
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(59) && took <= Duration::from_secs(62),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_and_halves_concurrency() {
+        let g = Governor::new(Budget::default(), 64);
+        for _ in 0..40 {
+            g.observe(&HeaderMap::new(), None);
+        }
+        let before = g.concurrency();
+        assert!(before > 4, "{before}");
+        g.observe(&HeaderMap::new(), Some(Duration::from_secs(2)));
+        assert_eq!(g.concurrency(), before / 2);
+        let start = Instant::now();
+        drop(g.acquire(1, None).await.unwrap());
+        assert!(start.elapsed() >= Duration::from_secs(2));
+        let soon = Instant::now() + Duration::from_millis(10);
+        g.observe(&HeaderMap::new(), Some(Duration::from_secs(5)));
+        assert!(g.acquire(1, Some(soon)).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn learns_limits_and_remaining_from_headers() {
+        let g = Governor::new(Budget::default(), 8);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-limit-tokens",
+            HeaderValue::from_static("60000"),
+        );
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("0"),
+        );
+        g.observe(&h, None);
+        let start = Instant::now();
+        // 1,000 tokens refill in one second at 60,000 a minute.
+        drop(g.acquire(1_000, None).await.unwrap());
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn in_flight_is_bounded_by_concurrency() {
+        let g = Governor::new(Budget::default(), 2);
+        let a = g.acquire(1, None).await.unwrap();
+        let _b = g.acquire(1, None).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        let third = tokio::time::timeout(Duration::from_millis(50), g.acquire(1, Some(soon))).await;
+        assert!(third.is_err() || third.is_ok_and(|r| r.is_err()));
+        drop(a);
+        assert!(g.acquire(1, None).await.is_ok());
+    }
+}
