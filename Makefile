@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help tools stack stack-down stack-status stack-reset migrate build test demo lint fmt
+.PHONY: help tools stack stack-down stack-status stack-reset migrate build test demo bench lint fmt
 
 help:
 	@echo "make demo         start the local stack and backfill one archive end to end"
@@ -10,6 +10,7 @@ help:
 	@echo "make stack        start Postgres+pgvector, postrust, moto and the embeddings stand-in (idempotent)"
 	@echo "make stack-down   stop the local stack (data is kept; make stack-reset deletes it)"
 	@echo "make migrate      apply infra/migrations to DATABASE_URL (default: the local stack)"
+	@echo "make bench        the old script's loop against the pipeline, side by side; writes bench/results.md"
 	@echo "make lint         cargo fmt --check and clippy with warnings as errors"
 
 tools stack:
@@ -35,6 +36,9 @@ test: stack
 
 demo: stack
 	@scripts/demo.sh
+
+bench: stack
+	@bench/run.sh
 
 lint:
 	cargo fmt --all -- --check
