@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-.PHONY: help tools stack stack-down stack-status stack-reset migrate build test demo bench lint fmt
+.PHONY: help tools stack stack-down stack-status stack-reset migrate build test demo bench lint lint-template package fmt
 
 help:
 	@echo "make demo         start the local stack and backfill one archive end to end"
@@ -12,6 +12,8 @@ help:
 	@echo "make migrate      apply infra/migrations to DATABASE_URL (default: the local stack)"
 	@echo "make bench        the old script's loop against the pipeline, side by side; writes bench/results.md"
 	@echo "make lint         cargo fmt --check and clippy with warnings as errors"
+	@echo "make lint-template  cfn-lint and checkov on template.yaml"
+	@echo "make package      both Lambda zips (arm64) with cargo lambda, and their sizes"
 
 tools stack:
 	@scripts/stack.sh up
@@ -31,7 +33,10 @@ migrate:
 build:
 	cargo build --workspace --bins
 
-test: stack
+# The Lambda tests run the binaries under `cargo lambda watch`, which builds them
+# in target/lambda-watch (cargo test holds target/'s lock): build them first.
+test: stack lint-template package
+	CARGO_TARGET_DIR=target/lambda-watch cargo build -q -p embed-backfill --bins
 	cargo test --workspace --features embed-backfill/failpoints --no-fail-fast
 
 demo: stack
@@ -39,6 +44,12 @@ demo: stack
 
 bench: stack
 	@bench/run.sh
+
+lint-template:
+	@scripts/lint-template.sh
+
+package:
+	@scripts/package.sh
 
 lint:
 	cargo fmt --all -- --check

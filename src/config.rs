@@ -73,7 +73,8 @@ const SUPABASE_URL_HINT: &str =
     "set it to your Supabase project URL (https://<project-ref>.supabase.co) in the environment or .env";
 const SUPABASE_KEY_HINT: &str = "set SUPABASE_SECRET_KEY (sb_secret_...) or SUPABASE_SERVICE_ROLE_KEY (the service_role JWT) from the project's API settings";
 const OPENAI_KEY_HINT: &str = "set it to an OpenAI API key with access to the embeddings API";
-const QUEUE_HINT: &str = "set it to the URL of the backfill SQS queue (the stack output QueueUrl)";
+const QUEUE_HINT: &str =
+    "set it to the URL of the backfill SQS queue (the stack output WorkQueueUrl)";
 
 /// Reads settings through a lookup function, so tests can pass a map instead of
 /// mutating the process environment.
@@ -113,7 +114,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 _ => Err(ConfigError::Invalid {
                     name,
                     value: v,
-                    reason: "it must be a whole number above 0 (per minute), or unset".into(),
+                    reason: "it must be a whole number above 0, or unset".into(),
                 }),
             },
         }
@@ -178,13 +179,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 .unwrap_or_else(|| "text-embedding-3-small".into()),
             dimensions,
             timeout: Duration::from_secs(self.parse("BACKFILL_HTTP_TIMEOUT_SECS", 60u64)?),
-            budget: Budget {
-                tokens_per_minute: self.optional("BACKFILL_TPM_LIMIT")?,
-                requests_per_minute: self.optional("BACKFILL_RPM_LIMIT")?,
-            },
+            budget: self.budget()?,
             max_concurrent_requests: self
                 .parse("BACKFILL_MAX_CONCURRENT_REQUESTS", 32usize)?
                 .max(1),
+        })
+    }
+
+    /// This process's share of the account's budget: Lambda instances running
+    /// at once (`BACKFILL_RATE_SHARES`, the event source's MaximumConcurrency)
+    /// split it evenly.
+    fn budget(&self) -> Result<Budget, ConfigError> {
+        Ok(Budget {
+            tokens_per_minute: self.optional("BACKFILL_TPM_LIMIT")?,
+            requests_per_minute: self.optional("BACKFILL_RPM_LIMIT")?,
+            shares: self.optional("BACKFILL_RATE_SHARES")?.unwrap_or(1),
         })
     }
 
@@ -281,6 +290,29 @@ mod tests {
         assert!(err.contains("SUPABASE_SERVICE_ROLE_KEY"), "{err}");
         let err = env(&[]).openai().unwrap_err().to_string();
         assert!(err.starts_with("OPENAI_API_KEY is not set"), "{err}");
+    }
+
+    #[test]
+    fn instances_share_the_budget() {
+        let key = ("OPENAI_API_KEY", "sk-x");
+        let whole = env(&[key, ("BACKFILL_TPM_LIMIT", "10000000")])
+            .openai()
+            .unwrap();
+        assert_eq!(whole.budget.tokens_per_minute, Some(10_000_000));
+        let shared = env(&[
+            key,
+            ("BACKFILL_TPM_LIMIT", "10000000"),
+            ("BACKFILL_RPM_LIMIT", "10000"),
+            ("BACKFILL_RATE_SHARES", "8"),
+        ])
+        .openai()
+        .unwrap();
+        assert_eq!(shared.budget.tokens_per_minute, Some(10_000_000));
+        assert_eq!(shared.budget.shares, 8);
+        let err = env(&[key, ("BACKFILL_RATE_SHARES", "0")])
+            .openai()
+            .unwrap_err();
+        assert!(err.to_string().contains("BACKFILL_RATE_SHARES"), "{err}");
     }
 
     #[test]

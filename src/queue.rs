@@ -154,6 +154,30 @@ impl SqsQueue {
         &self.client
     }
 
+    /// Messages (visible, in flight) by the queue's approximate counts.
+    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attrs = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| QueueError::Receive {
+                queue_url: self.url.clone(),
+                reason: sdk_reason(&e),
+            })?
+            .attributes
+            .unwrap_or_default();
+        let count = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok((
+            count(A::ApproximateNumberOfMessages),
+            count(A::ApproximateNumberOfMessagesNotVisible),
+        ))
+    }
+
     /// Long-polls for up to `max` messages (1-10).
     pub async fn receive(
         &self,

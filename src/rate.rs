@@ -9,6 +9,7 @@
 //! one more after each window of successes, half as many after a 429.
 
 use reqwest::header::HeaderMap;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -16,8 +17,19 @@ use tokio::time::Instant;
 /// A configured budget; `None` learns the limit from the API's headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
+    /// The account's limits, for all processes together.
     pub tokens_per_minute: Option<u64>,
     pub requests_per_minute: Option<u64>,
+    /// Processes pacing against the same account at once (Lambda instances);
+    /// each takes this share of the limits and of what the API says remains.
+    /// 0 counts as 1.
+    pub shares: u64,
+}
+
+impl Budget {
+    fn share(&self) -> f64 {
+        self.shares.max(1) as f64
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +71,10 @@ struct State {
     in_flight: usize,
     /// Fractional, so additive increase can be one per window of successes.
     concurrency: f64,
+    /// Waiting requests in arrival order: only the first may take budget, so a
+    /// large request is not starved by the ones that poll after it.
+    waiting: VecDeque<u64>,
+    next_ticket: u64,
 }
 
 #[derive(Debug)]
@@ -81,6 +97,20 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// A place in the line of waiting requests, left however the wait ends
+/// (granted, past its deadline, or the caller's future dropped).
+struct Place<'a> {
+    governor: &'a Governor,
+    ticket: u64,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut s = self.governor.lock();
+        s.waiting.retain(|t| *t != self.ticket);
+    }
+}
+
 /// How long the governor would have a request wait; the caller gives up when
 /// that is past its deadline.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -94,12 +124,18 @@ impl Governor {
         let max_concurrency = max_concurrency.max(1);
         Self {
             state: Mutex::new(State {
-                tokens: budget.tokens_per_minute.map(|l| Bucket::new(l as f64)),
-                requests: budget.requests_per_minute.map(|l| Bucket::new(l as f64)),
+                tokens: budget
+                    .tokens_per_minute
+                    .map(|l| Bucket::new(l as f64 / budget.share())),
+                requests: budget
+                    .requests_per_minute
+                    .map(|l| Bucket::new(l as f64 / budget.share())),
                 refilled: Instant::now(),
                 paused_until: None,
                 in_flight: 0,
                 concurrency: START_CONCURRENCY.min(max_concurrency as f64),
+                waiting: VecDeque::new(),
+                next_ticket: 0,
             }),
             configured: budget,
             max_concurrency,
@@ -122,10 +158,21 @@ impl Governor {
         tokens: u64,
         deadline: Option<Instant>,
     ) -> Result<Permit<'_>, TooLong> {
+        let place = {
+            let mut s = self.lock();
+            let ticket = s.next_ticket;
+            s.next_ticket += 1;
+            s.waiting.push_back(ticket);
+            Place {
+                governor: self,
+                ticket,
+            }
+        };
         loop {
             let wait = {
                 let mut guard = self.lock();
                 let s = &mut *guard;
+                let first = s.waiting.front() == Some(&place.ticket);
                 let now = Instant::now();
                 let elapsed = now.duration_since(s.refilled);
                 s.refilled = now;
@@ -150,7 +197,7 @@ impl Governor {
                 .max()
                 .unwrap_or_default();
                 let wait = paused.max(budget);
-                if wait.is_zero() && s.in_flight < s.concurrency as usize {
+                if first && wait.is_zero() && s.in_flight < s.concurrency as usize {
                     if let Some(b) = s.tokens.as_mut() {
                         b.level -= (tokens as f64).min(b.capacity);
                     }
@@ -180,6 +227,8 @@ impl Governor {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<f64>().ok())
         };
+        let share = self.configured.share();
+        let header = |name: &str| header(name).map(|v| v / share);
         let mut guard = self.lock();
         let s = &mut *guard;
         let learned = [
@@ -240,6 +289,7 @@ mod tests {
             Budget {
                 tokens_per_minute: Some(6_000),
                 requests_per_minute: None,
+                shares: 1,
             },
             8,
         );
@@ -294,6 +344,65 @@ mod tests {
             took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_paces_at_its_part_of_the_limit_and_of_what_remains() {
+        let g = Governor::new(
+            Budget {
+                shares: 3,
+                ..Budget::default()
+            },
+            8,
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-limit-tokens",
+            HeaderValue::from_static("180000"),
+        );
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("3000"),
+        );
+        g.observe(&h, None);
+        // 1,000 tokens of the remaining 3,000 are this share's; the next 1,000
+        // refill in one second at a third of 180,000 a minute.
+        let start = Instant::now();
+        drop(g.acquire(1_000, None).await.unwrap());
+        assert!(start.elapsed() < Duration::from_millis(50));
+        drop(g.acquire(1_000, None).await.unwrap());
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_are_served_in_arrival_order() {
+        let g = std::sync::Arc::new(Governor::new(
+            Budget {
+                tokens_per_minute: Some(6_000),
+                ..Budget::default()
+            },
+            8,
+        ));
+        drop(g.acquire(6_000, None).await.unwrap());
+        let served = |tokens: u64| {
+            let g = g.clone();
+            tokio::spawn(async move {
+                drop(g.acquire(tokens, None).await.unwrap());
+                Instant::now()
+            })
+        };
+        let start = Instant::now();
+        let big = served(3_000);
+        tokio::task::yield_now().await;
+        let small = served(100);
+        let (big, small) = (big.await.unwrap(), small.await.unwrap());
+        // At 100 tokens a second the small one alone would pass after 1 s.
+        assert!(big - start >= Duration::from_secs(30), "{:?}", big - start);
+        assert!(small >= big);
     }
 
     #[tokio::test]

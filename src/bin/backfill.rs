@@ -11,7 +11,7 @@ use embed_backfill::queue::{MemoryQueue, SqsQueue};
 use embed_backfill::redrive;
 use embed_backfill::runner::{self, ConsumeOptions, LocalOptions};
 use embed_backfill::status::RunStatus;
-use embed_backfill::{config, logging, setup};
+use embed_backfill::{config, invoke, logging, secrets_manager, setup};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,11 +108,14 @@ struct RateArgs {
 
 impl RateArgs {
     /// The settings, with these flags over the environment's values.
-    fn env(self) -> config::Env<impl Fn(&str) -> Option<String>> {
+    fn over<'a, F: Fn(&str) -> Option<String>>(
+        self,
+        base: &'a config::Env<F>,
+    ) -> config::Env<impl Fn(&str) -> Option<String> + 'a> {
         config::Env(move |name: &str| match name {
             "BACKFILL_TPM_LIMIT" if self.tpm.is_some() => self.tpm.map(|v| v.to_string()),
             "BACKFILL_RPM_LIMIT" if self.rpm.is_some() => self.rpm.map(|v| v.to_string()),
-            _ => std::env::var(name).ok(),
+            _ => (base.0)(name),
         })
     }
 }
@@ -124,6 +127,10 @@ struct DispatchArgs {
     /// Continue a run whose dispatch stopped, from its saved cursor (takes no other option)
     #[arg(long = "continue", value_name = "RUN_ID")]
     continue_run: Option<RunId>,
+    /// Invoke the deployed dispatcher function instead of dispatching from here
+    /// (the stack output DispatcherFunctionName; AWS_ENDPOINT_URL_LAMBDA points elsewhere)
+    #[arg(long, value_name = "NAME")]
+    function: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -199,14 +206,20 @@ async fn main() {
 }
 
 async fn execute(cli: Cli) -> Result<()> {
-    let env = config::process_env();
+    let env = secrets_manager::environment().await?;
     match cli.command {
-        Command::Run(args) => run(&args.rate.env(), args).await,
+        Command::Run(args) => run(&args.rate.over(&env), args).await,
         Command::Dispatch(args) => {
             let request = DispatchRequest {
                 continue_run: args.continue_run,
                 ..args.selection.request()
             };
+            if let Some(function) = &args.function {
+                request.clone().into_command()?;
+                let lambda = aws_sdk_lambda::Client::new(&aws_config::load_from_env().await);
+                let summary = invoke::dispatch(&lambda, function, &request).await?;
+                return print_summary(&summary, args.json);
+            }
             let command = request.into_command()?;
             let stores = setup::stores(&env)?;
             let summary = match command {
@@ -267,7 +280,7 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Work(args) => {
             let stores = setup::stores(&env)?;
-            let worker = setup::worker(&args.rate.env(), &stores)?;
+            let worker = setup::worker(&args.rate.over(&env), &stores)?;
             let queue = setup::sqs_queue(&env).await?;
             let opts = ConsumeOptions {
                 until_empty: args.until_empty,

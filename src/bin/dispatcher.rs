@@ -3,9 +3,7 @@
 //! Near its deadline it saves its cursor and invokes itself, asynchronously,
 //! with `{"continue_run": ..., "hop": n}`.
 
-use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::InvocationType;
-use embed_backfill::{config, handlers, logging, setup};
+use embed_backfill::{handlers, invoke, logging, secrets_manager, setup};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
@@ -13,7 +11,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     let _ = dotenvy::dotenv();
     logging::init_lambda();
-    let env = config::process_env();
+    let env = secrets_manager::environment().await?;
     let stores = setup::stores(&env)?;
     let queue = setup::sqs_queue(&env).await?;
     let dispatcher = setup::dispatcher(&env, &stores, queue)?;
@@ -23,13 +21,7 @@ async fn main() -> Result<(), Error> {
         let deadline = handlers::deadline_from(event.context.deadline());
         let answer = handlers::dispatch_event(dispatcher, event.payload, Some(deadline)).await?;
         if let Some(next) = &answer.continuation {
-            lambda
-                .invoke()
-                .function_name(&event.context.invoked_function_arn)
-                .invocation_type(InvocationType::Event)
-                .payload(Blob::new(serde_json::to_vec(next)?))
-                .send()
-                .await?;
+            invoke::continue_async(lambda, &event.context.invoked_function_arn, next).await?;
             tracing::info!(continuation = %serde_json::to_string(next)?, "continued in a new invocation");
         }
         Ok::<_, Error>(serde_json::to_value(answer)?)

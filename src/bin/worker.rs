@@ -2,14 +2,14 @@
 //! (ReportBatchItemFailures) out.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use embed_backfill::{config, handlers, logging, setup};
+use embed_backfill::{handlers, logging, secrets_manager, setup};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let _ = dotenvy::dotenv();
     logging::init_lambda();
-    let env = config::process_env();
+    let env = secrets_manager::environment().await?;
     let stores = setup::stores(&env)?;
     let worker = setup::worker(&env, &stores)?;
     let worker = &worker;

@@ -82,31 +82,11 @@ impl Stack {
 
     /// Messages in a queue, visible or in flight.
     pub async fn queue_depth(&self, url: &str) -> u64 {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
-        let attrs = self
-            .sqs_client()
+        let (visible, in_flight) = SqsQueue::new(self.sqs_client().await, url)
+            .depth()
             .await
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(A::ApproximateNumberOfMessages)
-            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .expect("queue attributes")
-            .attributes
-            .unwrap_or_default();
-        [
-            A::ApproximateNumberOfMessages,
-            A::ApproximateNumberOfMessagesNotVisible,
-        ]
-        .iter()
-        .map(|a| {
-            attrs
-                .get(a)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
+            .expect("queue attributes");
+        visible + in_flight
     }
 
     pub async fn pg(&self) -> tokio_postgres::Client {

@@ -1,0 +1,500 @@
+//! The `dispatcher` and `worker` binaries as Lambda functions, under
+//! `cargo lambda watch` (the Lambda runtime API emulator): every sample event in
+//! `events/` goes through the Invoke API, queued batches reach the worker as
+//! SQS events the way an event source mapping delivers them, and the keys come
+//! from Secrets Manager at cold start, not from the environment.
+
+mod common;
+
+use common::{insert_docs, repo_root, sample_texts, unique, vectors, Stack};
+use embed_backfill::handlers;
+use embed_backfill::status::RunState;
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ARCHIVE: &str = "gjeldende-lover.tar.bz2";
+/// Keys that must reach the functions only through Secrets Manager.
+const KEYS: [&str; 3] = [
+    "OPENAI_API_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_SECRET_KEY",
+];
+
+/// `cargo lambda watch` serving this package's binaries on a loopback port.
+struct Emulator {
+    child: Child,
+    port: u16,
+}
+
+impl Emulator {
+    fn start(vars: &HashMap<String, String>) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("lambda-emulator"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env_file = dir.join("functions.env");
+        let lines: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        std::fs::write(&env_file, lines.join("\n")).unwrap();
+        let root = repo_root();
+        let mut cmd = Command::new(root.join(".tools/venv/bin/cargo-lambda"));
+        cmd.args(["lambda", "watch", "--ignore-changes", "--invoke-address"])
+            .arg("127.0.0.1")
+            .arg("--invoke-port")
+            .arg(port.to_string())
+            .arg("--timeout")
+            .arg("300")
+            .arg("--env-file")
+            .arg(&env_file)
+            .current_dir(&root)
+            // `cargo test` holds the build lock of target/ while tests run.
+            .env("CARGO_TARGET_DIR", root.join("target/lambda-watch"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("watch.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("watch.err")).unwrap());
+        for key in KEYS.iter().chain(["AWS_ENDPOINT_URL_LAMBDA"].iter()) {
+            cmd.env_remove(key);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .expect("start cargo lambda watch (installed into .tools/venv by `make stack`)");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "cargo lambda watch did not listen on {port}; see {}",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self, stack: &Stack) -> aws_sdk_lambda::Client {
+        let creds = aws_sdk_lambda::config::Credentials::new(
+            stack.var("AWS_ACCESS_KEY_ID"),
+            stack.var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "stack",
+        );
+        let cfg = aws_sdk_lambda::config::Builder::new()
+            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+            .region(aws_sdk_lambda::config::Region::new(stack.var("AWS_REGION")))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_lambda::Client::from_conf(cfg)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // The emulator runs each function as a child `cargo run`: stop them all.
+        let pgid = self.child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-TERM", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Invokes `function` with `payload`; the answer, or the function's error body.
+async fn invoke(
+    lambda: &aws_sdk_lambda::Client,
+    function: &str,
+    payload: &serde_json::Value,
+) -> Result<serde_json::Value, serde_json::Value> {
+    let out = lambda
+        .invoke()
+        .function_name(function)
+        .payload(aws_sdk_lambda::primitives::Blob::new(
+            serde_json::to_vec(payload).unwrap(),
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("invoke {function}: {e:?}"));
+    let body: serde_json::Value =
+        serde_json::from_slice(out.payload().map(|p| p.as_ref()).unwrap_or(b"null"))
+            .unwrap_or(serde_json::Value::Null);
+    match out.function_error() {
+        Some(_) => Err(body),
+        None => Ok(body),
+    }
+}
+
+fn sample_event(name: &str) -> serde_json::Value {
+    let path = repo_root().join("events").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Delivers the queue's messages to the worker function as SQS events of up to
+/// 10 records, deletes what it reports done, and leaves its failures: what an
+/// event source mapping with ReportBatchItemFailures does. Returns (done, failed).
+async fn deliver(
+    stack: &Stack,
+    lambda: &aws_sdk_lambda::Client,
+    queue_url: &str,
+) -> (usize, usize) {
+    let sqs = stack.sqs_client().await;
+    let region = stack.var("AWS_REGION");
+    let queue_arn = format!(
+        "arn:aws:sqs:{region}:123456789012:{}",
+        queue_url.rsplit('/').next().unwrap()
+    );
+    let (mut done, mut failed) = (0, 0);
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let messages = received.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return (done, failed);
+        }
+        let records: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                let attributes: HashMap<String, String> = m
+                    .attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "messageId": m.message_id(),
+                    "receiptHandle": m.receipt_handle(),
+                    "body": m.body(),
+                    "attributes": attributes,
+                    "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body(),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": queue_arn,
+                    "awsRegion": region,
+                })
+            })
+            .collect();
+        let answer = invoke(lambda, "worker", &serde_json::json!({ "Records": records }))
+            .await
+            .unwrap_or_else(|e| panic!("worker failed as a whole: {e}"));
+        let failures: Vec<&str> = answer["batchItemFailures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap())
+            .collect();
+        for m in &messages {
+            if failures.contains(&m.message_id().unwrap()) {
+                failed += 1;
+            } else {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                done += 1;
+            }
+        }
+    }
+}
+
+async fn secrets_client(stack: &Stack) -> aws_sdk_secretsmanager::Client {
+    let creds = aws_sdk_secretsmanager::config::Credentials::new(
+        stack.var("AWS_ACCESS_KEY_ID"),
+        stack.var("AWS_SECRET_ACCESS_KEY"),
+        None,
+        None,
+        "stack",
+    );
+    let cfg = aws_sdk_secretsmanager::config::Builder::new()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new(
+            stack.var("AWS_REGION"),
+        ))
+        .endpoint_url(stack.var("AWS_ENDPOINT_URL"))
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(cfg)
+}
+
+/// A secret holding `text`; its ARN.
+async fn secret(stack: &Stack, text: &str) -> String {
+    secrets_client(stack)
+        .await
+        .create_secret()
+        .name(unique("embed-backfill/keys"))
+        .secret_string(text)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap()
+}
+
+/// The stack's settings without its keys, which live in a secret instead.
+async fn keys_in_secrets_manager(stack: &Stack) -> HashMap<String, String> {
+    let keys: serde_json::Map<String, serde_json::Value> = KEYS
+        .iter()
+        .filter_map(|k| {
+            stack
+                .vars
+                .get(*k)
+                .map(|v| (k.to_string(), v.clone().into()))
+        })
+        .collect();
+    let arn = secret(stack, &serde_json::Value::Object(keys).to_string()).await;
+    let mut vars = stack.vars.clone();
+    for k in KEYS {
+        vars.remove(k);
+    }
+    vars.insert("BACKFILL_SECRET_ID".into(), arn);
+    vars
+}
+
+fn backfill(vars: &HashMap<String, String>, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .envs(vars)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run backfill")
+}
+
+#[tokio::test]
+async fn the_lambda_binaries_run_every_sample_event() {
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let table = unique("lambda_docs").replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text, embedding vector(1536));
+         GRANT SELECT, UPDATE ON {table} TO service_role;"
+    ))
+    .await
+    .unwrap();
+    let texts = sample_texts(30);
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
+    let archived = insert_docs(&pg, &table, ARCHIVE, &refs).await;
+    let others = insert_docs(
+        &pg,
+        &table,
+        "other",
+        &[Some("Lov om jakt"), Some("Lov om fiske")],
+    )
+    .await;
+    let stack = stack.with("BACKFILL_TABLE", &table);
+    let (queue, _) = stack.fresh_queue(60, 5).await;
+    let queue_url = queue.url().to_string();
+    let mut vars = keys_in_secrets_manager(&stack).await;
+    vars.insert("BACKFILL_QUEUE_URL".into(), queue_url.clone());
+    vars.insert("RUST_LOG".into(), "info".into());
+    let emulator = Emulator::start(&vars);
+    let lambda = emulator.client(&stack);
+
+    // A dry run counts and queues nothing.
+    let dry = invoke(
+        &lambda,
+        "dispatcher",
+        &sample_event("dispatch-dry-run.json"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("dry run: {e}"));
+    assert_eq!(dry["run_id"], serde_json::Value::Null);
+    assert_eq!(dry["documents"], 30);
+    assert_eq!(stack.queue_depth(&queue_url).await, 0);
+
+    // Resuming after an id beyond the table's finds nothing to do.
+    let resume = invoke(&lambda, "dispatcher", &sample_event("dispatch-resume.json"))
+        .await
+        .unwrap_or_else(|e| panic!("resume: {e}"));
+    assert_eq!(resume["documents"], 0);
+
+    // One archive, then everything left, each drained through the worker function.
+    let one = invoke(
+        &lambda,
+        "dispatcher",
+        &sample_event("dispatch-archive.json"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("archive: {e}"));
+    assert_eq!(
+        (one["documents"].as_u64(), one["batches"].as_u64()),
+        (Some(30), Some(1))
+    );
+    assert_eq!(deliver(&stack, &lambda, &queue_url).await, (1, 0));
+    let all = invoke(&lambda, "dispatcher", &sample_event("dispatch-all.json"))
+        .await
+        .unwrap_or_else(|e| panic!("all: {e}"));
+    assert_eq!(all["documents"], 2);
+    assert_eq!(deliver(&stack, &lambda, &queue_url).await, (1, 0));
+
+    // The CLI invokes the same function through the Lambda API.
+    let mut cli_vars = vars.clone();
+    cli_vars.insert("AWS_ENDPOINT_URL_LAMBDA".into(), emulator.endpoint());
+    let out = backfill(
+        &cli_vars,
+        &[
+            "dispatch",
+            "--function",
+            "dispatcher",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["documents"], 0, "everything is embedded: {answer}");
+
+    // A dispatch cut short by its deadline is continued by the sample event.
+    let more: Vec<String> = (0..25)
+        .map(|i| format!("§ {i} Forskrift om havner."))
+        .collect();
+    let more_refs: Vec<Option<&str>> = more.iter().map(|t| Some(t.as_str())).collect();
+    let late = insert_docs(&pg, &table, ARCHIVE, &more_refs).await;
+    let dispatcher = stack.dispatcher(&queue);
+    let event = serde_json::json!({"archive": ARCHIVE, "batch_size": 5});
+    let soon = Some(tokio::time::Instant::now() + Duration::from_millis(1));
+    let partial = handlers::dispatch_event(&dispatcher, event, soon)
+        .await
+        .unwrap();
+    let run_id = partial.summary.run_id.unwrap();
+    assert!(partial.continuation.is_some(), "the deadline cut it short");
+    let mut continuation = sample_event("dispatch-continue.json");
+    continuation["continue_run"] = serde_json::json!(run_id);
+    let rest = invoke(&lambda, "dispatcher", &continuation)
+        .await
+        .unwrap_or_else(|e| panic!("continue: {e}"));
+    assert_eq!(rest["complete"], true, "{rest}");
+    assert_eq!(deliver(&stack, &lambda, &queue_url).await, (5, 0));
+    let run = stack
+        .stores()
+        .status
+        .run_status(Some(run_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!((run.total_batches, run.batches_done), (5, 5));
+
+    // The sample SQS event names a run this database never had: both records
+    // are reported failed, so SQS keeps them, and the event as a whole succeeds.
+    let two = invoke(&lambda, "worker", &sample_event("sqs-two-messages.json"))
+        .await
+        .unwrap_or_else(|e| panic!("sqs sample: {e}"));
+    let failed: Vec<&str> = two["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "059f36b4-87a3-44ab-83d2-661975830a7d",
+            "2e1424d4-f796-459a-8184-9c92662be6da"
+        ]
+    );
+
+    // A malformed event is refused by the function, naming the field.
+    let err = invoke(
+        &lambda,
+        "dispatcher",
+        &serde_json::json!({"archiv": ARCHIVE}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("archiv"), "{err}");
+
+    // Every non-empty document holds the vector of its own text.
+    let mut ids = archived.clone();
+    ids.extend(&others);
+    ids.extend(&late);
+    let mut all_texts: Vec<Option<&str>> = refs.clone();
+    all_texts.extend([Some("Lov om jakt"), Some("Lov om fiske")]);
+    all_texts.extend(more_refs.iter().copied());
+    let stored = vectors(&pg, &table, &ids).await;
+    for (id, text) in ids.iter().zip(&all_texts) {
+        match text.filter(|t| !t.trim().is_empty()) {
+            Some(t) => assert_eq!(
+                stored.get(id),
+                Some(&stack.expected_vector(t).await),
+                "{id}"
+            ),
+            None => assert!(!stored.contains_key(id), "{id} is empty"),
+        }
+    }
+    drop(emulator);
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn keys_come_from_secrets_manager_and_bad_secrets_are_named_not_shown() {
+    let stack = Stack::load();
+    let vars = keys_in_secrets_manager(&stack).await;
+    let out = backfill(&vars, &["verify", "--archive", &unique("none"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let leaked = "sk-must-not-leak";
+    let cases = [
+        (
+            format!(r#"{{"OPENAI_APIKEY": "{leaked}"}}"#),
+            "holds OPENAI_APIKEY",
+        ),
+        (format!(r#""{leaked}""#), "is not a JSON object"),
+        (
+            format!(r#"{{"OPENAI_API_KEY": ["{leaked}"]}}"#),
+            "OPENAI_API_KEY must be",
+        ),
+    ];
+    for (text, expected) in cases {
+        let arn = secret(&stack, &text).await;
+        let mut bad = vars.clone();
+        bad.insert("BACKFILL_SECRET_ID".into(), arn.clone());
+        let out = backfill(&bad, &["verify"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(expected) && stderr.contains(&arn),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(leaked), "{stderr}");
+    }
+    let mut missing = vars.clone();
+    missing.insert("BACKFILL_SECRET_ID".into(), unique("no-such-secret"));
+    let out = backfill(&missing, &["verify"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secretsmanager:GetSecretValue"), "{stderr}");
+}
