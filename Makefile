@@ -37,7 +37,8 @@ build:
 # in target/lambda-watch (cargo test holds target/'s lock): build them first.
 test: stack lint-template package
 	CARGO_TARGET_DIR=target/lambda-watch cargo build -q -p embed-backfill --bins
-	cargo test --workspace --features embed-backfill/failpoints --no-fail-fast
+	@# A hung test must fail the run, not use up CI's time: the suite takes minutes.
+	timeout --kill-after=60 40m cargo test --workspace --features embed-backfill/failpoints --no-fail-fast
 
 demo: stack
 	@scripts/demo.sh

@@ -24,7 +24,13 @@ run_psql() { PGOPTIONS='-c client_min_messages=warning' "$psql_bin" "$url" -X -q
 # are idempotent too, so a database migrated by hand is safe to migrate again.
 run_psql -c "CREATE TABLE IF NOT EXISTS public.backfill_schema_migrations (
   name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())" \
-  -c "REVOKE ALL ON public.backfill_schema_migrations FROM PUBLIC"
+  -c "ALTER TABLE public.backfill_schema_migrations ENABLE ROW LEVEL SECURITY" \
+  -c "DO \$\$ BEGIN
+        REVOKE ALL ON public.backfill_schema_migrations FROM PUBLIC;
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+          REVOKE ALL ON public.backfill_schema_migrations FROM anon, authenticated;
+        END IF;
+      END \$\$"
 
 shopt -s nullglob
 applied=0

@@ -198,6 +198,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     pub fn queue(&self) -> Result<QueueConfig, ConfigError> {
+        Ok(QueueConfig {
+            queue_url: self.require("BACKFILL_QUEUE_URL", QUEUE_HINT)?,
+            dlq_url: self.get("BACKFILL_DLQ_URL"),
+            max_receive_count: self.max_receive_count()?,
+        })
+    }
+
+    /// The queue's maxReceiveCount; a worker needs it without the queue's URL.
+    pub fn max_receive_count(&self) -> Result<u32, ConfigError> {
         let max_receive_count: u32 = self.parse("BACKFILL_MAX_RECEIVE_COUNT", 5)?;
         if max_receive_count == 0 {
             return Err(ConfigError::Invalid {
@@ -207,11 +216,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     .into(),
             });
         }
-        Ok(QueueConfig {
-            queue_url: self.require("BACKFILL_QUEUE_URL", QUEUE_HINT)?,
-            dlq_url: self.get("BACKFILL_DLQ_URL"),
-            max_receive_count,
-        })
+        Ok(max_receive_count)
     }
 
     pub fn target(&self) -> Result<Target, ConfigError> {

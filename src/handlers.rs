@@ -10,7 +10,7 @@ use crate::worker::Worker;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use serde::Serialize;
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use thiserror::Error;
 use tokio::time::Instant;
 
@@ -85,6 +85,12 @@ pub async fn sqs_event(
             body: r.body.unwrap_or_default(),
         })
         .collect();
+    tracing::info!(
+        messages = messages.len(),
+        time_left_ms =
+            deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+        "sqs event received"
+    );
     let results = worker.handle_all(&messages, deadline).await;
     let mut response = SqsBatchResponse::default();
     let mut unreportable = 0;
@@ -102,10 +108,16 @@ pub async fn sqs_event(
     Ok(response)
 }
 
-/// Lambda's deadline as a tokio instant.
-pub fn deadline_from(system_deadline: SystemTime) -> Instant {
-    let left = system_deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + left
+/// Lambda's deadline as a tokio instant. A deadline already past when the
+/// invocation starts never comes from Lambda itself, only from emulators that
+/// send none (`cargo lambda watch`): then the work is bounded by nothing but
+/// the invoker's own timeout.
+pub fn deadline_from(system_deadline: SystemTime) -> Option<Instant> {
+    match system_deadline.duration_since(SystemTime::now()) {
+        Ok(left) if !left.is_zero() => Some(Instant::now() + left),
+        _ => {
+            tracing::warn!("the runtime gave a deadline already past; working without one");
+            None
+        }
+    }
 }

@@ -40,7 +40,7 @@ pub fn worker<F: Fn(&str) -> Option<String>>(
     stores: &Stores,
 ) -> Result<Worker, SetupError> {
     let embedder = Embedder::new(&env.openai()?)?;
-    let max_receive_count = env.queue().map(|q| q.max_receive_count).unwrap_or(5);
+    let max_receive_count = env.max_receive_count()?;
     Ok(Worker::new(
         stores.docs.clone(),
         stores.status.clone(),

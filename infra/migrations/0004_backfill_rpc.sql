@@ -111,6 +111,9 @@ BEGIN
     RETURN public.backfill_run_json(p_run_id);
 END $$;
 
+-- 0005 widens what this returns: drop it first, so this file can run again after 0005.
+DROP FUNCTION IF EXISTS public.backfill_pending_batches(uuid);
+
 CREATE OR REPLACE FUNCTION public.backfill_pending_batches(p_run_id uuid)
 RETURNS TABLE (seq integer) LANGUAGE sql STABLE AS $$
     SELECT b.seq FROM public.backfill_batches b

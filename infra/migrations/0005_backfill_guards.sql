@@ -1,6 +1,9 @@
 -- One active run per archive: a dispatch whose archive filter overlaps a run
 -- still dispatching or running on the same table is refused unless forced. A
 -- filter of NULL (all archives) overlaps every other.
+CREATE OR REPLACE FUNCTION public.backfill_schema_version()
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 5 $$;
+
 DROP FUNCTION IF EXISTS public.backfill_create_run(uuid, jsonb, numeric, text);
 
 CREATE OR REPLACE FUNCTION public.backfill_create_run(

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let (dispatcher, lambda) = (&dispatcher, &lambda);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = handlers::deadline_from(event.context.deadline());
-        let answer = handlers::dispatch_event(dispatcher, event.payload, Some(deadline)).await?;
+        let answer = handlers::dispatch_event(dispatcher, event.payload, deadline).await?;
         if let Some(next) = &answer.continuation {
             invoke::continue_async(lambda, &event.context.invoked_function_arn, next).await?;
             tracing::info!(continuation = %serde_json::to_string(next)?, "continued in a new invocation");

@@ -15,9 +15,7 @@ async fn main() -> Result<(), Error> {
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = handlers::deadline_from(event.context.deadline());
-        Ok::<SqsBatchResponse, Error>(
-            handlers::sqs_event(worker, event.payload, Some(deadline)).await?,
-        )
+        Ok::<SqsBatchResponse, Error>(handlers::sqs_event(worker, event.payload, deadline).await?)
     }))
     .await
 }

@@ -190,8 +190,11 @@ impl Stack {
         out
     }
 
-    /// The vector the stack's embeddings server gives `text`.
+    /// The vector the stack's embeddings server gives `text` as the worker
+    /// sends it: cut to the model's input limit.
     pub async fn expected_vector(&self, text: &str) -> Vec<f32> {
+        let cut = embed_backfill::tokens::truncate(text, embed_backfill::tokens::MAX_INPUT_TOKENS);
+        let text = cut.text.as_ref();
         let base = self.var("OPENAI_BASE_URL");
         let resp: serde_json::Value = reqwest::Client::new()
             .post(format!("{base}/embeddings"))
