@@ -29,10 +29,19 @@ pub enum EmbedError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// A rejection of one or more inputs: bisecting the request finds them.
     #[error("OpenAI rejected the input (HTTP {status}): {message}")]
     BadRequest { status: u16, message: String },
+    /// A rejection of the request itself, whatever its inputs: every batch
+    /// would get it, so it fails the batch rather than its documents.
+    #[error("the embeddings API refused the request (HTTP {status}): {message}. Check OPENAI_EMBEDDING_MODEL, BACKFILL_EMBEDDING_DIMENSIONS and OPENAI_BASE_URL, then `backfill retry-failed RUN_ID`")]
+    InvalidRequest { status: u16, message: String },
     #[error("OpenAI server error (HTTP {status}): {message}")]
-    Server { status: u16, message: String },
+    Server {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error(
         "cannot reach the embeddings API at {url}: {reason}. Check OPENAI_BASE_URL and the network"
     )]
@@ -53,7 +62,8 @@ impl EmbedError {
 
     fn server_hint(&self) -> Option<Duration> {
         match self {
-            EmbedError::RateLimited { retry_after, .. } => *retry_after,
+            EmbedError::RateLimited { retry_after, .. }
+            | EmbedError::Server { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -123,6 +133,8 @@ struct ApiErrorDetail {
     message: Option<String>,
     #[serde(default)]
     code: Option<serde_json::Value>,
+    #[serde(default)]
+    param: Option<String>,
 }
 
 impl Embedder {
@@ -149,17 +161,9 @@ impl Embedder {
         })
     }
 
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// Requests this process keeps in flight at most.
     pub fn max_concurrent_requests(&self) -> usize {
         self.max_concurrent_requests
-    }
-
-    pub fn dimensions(&self) -> u32 {
-        self.dimensions
     }
 
     /// Embeds `inputs` (`tokens` in all) when the rate governor allows,
@@ -313,7 +317,7 @@ fn decode_base64_f32(s: &str) -> Result<Vec<f32>, EmbedError> {
 
 fn header_duration(headers: &reqwest::header::HeaderMap, name: &str) -> Option<Duration> {
     let v = headers.get(name)?.to_str().ok()?.trim();
-    let secs = |x: f64| (x.is_finite() && x >= 0.0).then(|| Duration::from_secs_f64(x));
+    let secs = |x: f64| Duration::try_from_secs_f64(x).ok();
     match name {
         "retry-after-ms" => v.parse::<f64>().ok().and_then(|ms| secs(ms / 1000.0)),
         "retry-after" => v.parse::<f64>().ok().and_then(secs),
@@ -371,9 +375,28 @@ fn classify(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) -> E
             retry_after: retry_hint(headers, &message),
             message,
         },
-        408 | 409 | 500..=599 => EmbedError::Server { status, message },
-        _ => EmbedError::BadRequest { status, message },
+        408 | 409 | 500..=599 => EmbedError::Server {
+            status,
+            retry_after: header_duration(headers, "retry-after-ms")
+                .or_else(|| header_duration(headers, "retry-after")),
+            message,
+        },
+        400 | 413 | 422 if about_inputs(detail.param.as_deref(), &message) => {
+            EmbedError::BadRequest { status, message }
+        }
+        _ => EmbedError::InvalidRequest { status, message },
     }
+}
+
+/// Whether a 4xx blames the inputs (too long, empty, too many tokens) rather
+/// than the model, the dimensions or the URL. OpenAI sends `code: null` for
+/// an over-long input, so the message decides.
+fn about_inputs(param: Option<&str>, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    param == Some("input")
+        || m.contains("input")
+        || m.contains("context length")
+        || m.contains("tokens")
 }
 
 /// OpenAI echoes a masked key ("sk-...abcd") in 401 messages; keep even that out.
@@ -429,6 +452,21 @@ mod tests {
             EmbedError::BadRequest { status: 400, .. }
         ));
         assert!(classify(503, &h, b"upstream").is_retryable());
+        let empty = br#"{"error":{"message":"'$.input' is invalid. Please check the API reference","code":null}}"#;
+        assert!(matches!(
+            classify(400, &h, empty),
+            EmbedError::BadRequest { .. }
+        ));
+        let model = br#"{"error":{"message":"The model `text-embedding-4` does not exist or you do not have access to it.","code":"model_not_found"}}"#;
+        let e = classify(404, &h, model);
+        assert!(matches!(e, EmbedError::InvalidRequest { status: 404, .. }));
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("OPENAI_EMBEDDING_MODEL"), "{e}");
+        let dims = br#"{"error":{"message":"Invalid value for 'dimensions' = 4000.","param":"dimensions","code":null}}"#;
+        assert!(matches!(
+            classify(400, &h, dims),
+            EmbedError::InvalidRequest { .. }
+        ));
         let bad_key = br#"{"error":{"message":"Incorrect API key provided: sk-abc***wxyz. You can find","code":"invalid_api_key"}}"#;
         let e = classify(401, &h, bad_key);
         assert!(!e.is_retryable());
@@ -450,6 +488,17 @@ mod tests {
         );
         h.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("6m0s"));
         assert_eq!(retry_hint(&h, ""), Some(Duration::from_secs(360)));
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("1e300"));
+        assert_eq!(
+            retry_hint(&h, ""),
+            None,
+            "an absurd hint is ignored, not a panic"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        let e = classify(503, &h, b"busy");
+        assert_eq!(e.server_hint(), Some(Duration::from_secs(3)));
     }
 
     #[test]

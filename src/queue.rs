@@ -150,10 +150,6 @@ impl SqsQueue {
         &self.url
     }
 
-    pub fn client(&self) -> &aws_sdk_sqs::Client {
-        &self.client
-    }
-
     /// Messages (visible, in flight) by the queue's approximate counts.
     pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
         use aws_sdk_sqs::types::QueueAttributeName as A;

@@ -127,10 +127,6 @@ impl Rest {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Calls `function` with named arguments and decodes its JSON answer,
     /// retrying transient failures (a restarting database or API) with backoff.
     /// Every backfill RPC is safe to repeat: their state changes are guarded.

@@ -7,7 +7,7 @@ use crate::embedder::{EmbedError, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MessageError};
-use crate::status::{FailedDocument, StatusStore, VectorRow};
+use crate::status::{BatchState, FailedDocument, StatusStore, VectorRow};
 use crate::supabase::RestError;
 use crate::tokens;
 use futures::future::join_all;
@@ -28,6 +28,8 @@ pub enum WorkerError {
     UnknownRun(RunId),
     #[error("batch {1} of run {0} does not exist in backfill_batches")]
     UnknownBatch(RunId, BatchSeq),
+    #[error("batch {1} of run {0} failed for good on an earlier delivery (`backfill status {0}` says why); this redelivery does not call the API again. Fix the cause, then `backfill redrive` or `backfill retry-failed {0}`")]
+    FailedBefore(RunId, BatchSeq),
     #[error(transparent)]
     Rest(#[from] RestError),
     #[error(transparent)]
@@ -111,7 +113,7 @@ impl Worker {
         let started = StdInstant::now();
         let parsed = BatchMessage::parse(&msg.body);
         let result = match &parsed {
-            Ok(m) => self.process(m, deadline).await,
+            Ok(m) => self.process(m, msg.receive_count, deadline).await,
             Err(e) => Err(WorkerError::Message(e.clone())),
         };
         match (&result, &parsed) {
@@ -148,7 +150,9 @@ impl Worker {
                 );
                 if !matches!(
                     e,
-                    WorkerError::UnknownRun(_) | WorkerError::UnknownBatch(..)
+                    WorkerError::UnknownRun(_)
+                        | WorkerError::UnknownBatch(..)
+                        | WorkerError::FailedBefore(..)
                 ) {
                     if let Err(rec) = self
                         .status
@@ -169,6 +173,7 @@ impl Worker {
     async fn process(
         &self,
         msg: &BatchMessage,
+        receive_count: u32,
         deadline: Option<Instant>,
     ) -> Result<BatchReport, WorkerError> {
         let mut report = BatchReport {
@@ -190,6 +195,12 @@ impl Worker {
         if start.state.is_some_and(|s| s.is_done()) {
             report.already_done = true;
             return Ok(report);
+        }
+        // A failed batch comes back on a fresh message (redrive, retry-failed:
+        // its first receive) to be tried again; SQS redelivering the message
+        // that failed it only walks it to the dead-letter queue.
+        if start.state == Some(BatchState::Failed) && receive_count > 1 {
+            return Err(WorkerError::FailedBefore(msg.run_id, msg.batch));
         }
         let per_request = start
             .params

@@ -89,6 +89,100 @@ async fn a_wrong_openai_key_fails_at_once_without_retries() {
         .contains("OPENAI_API_KEY"));
 }
 
+/// Runs one batch of `texts` against a fresh embeddings server with `vars` set;
+/// returns the worker's error, the API requests it took, and the run.
+async fn one_failing_batch(
+    vars: &[(&str, &str)],
+    texts: &[Option<&str>],
+) -> (WorkerError, u64, embed_backfill::status::RunStatus) {
+    let standin = Standin::spawn(&[]);
+    let mut stack = Stack::load()
+        .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
+        .with("OPENAI_API_KEY", &standin.key);
+    for (k, v) in vars {
+        stack = stack.with(k, v);
+    }
+    let pg = stack.pg().await;
+    let archive = unique("permanent");
+    insert_docs(&pg, "lovdata_documents", &archive, texts).await;
+    let (queue, _) = stack.fresh_queue(30, 5).await;
+    let opts = embed_backfill::dispatch::DispatchRequest {
+        archive: Some(archive),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let summary = stack.dispatcher(&queue).dispatch(&opts).await.unwrap();
+    let mut msg = queue
+        .receive(1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .remove(0)
+        .0;
+    let worker = stack.worker();
+    let err = worker.handle(&msg, None).await.unwrap_err();
+    let requests = standin.stats().await["requests"].as_u64().unwrap();
+    // SQS delivering the same message again costs no API call.
+    msg.receive_count = 2;
+    let again = worker.handle(&msg, None).await.unwrap_err();
+    assert!(matches!(again, WorkerError::FailedBefore(..)), "{again}");
+    assert_eq!(standin.stats().await["requests"].as_u64(), Some(requests));
+    let run = stack
+        .stores()
+        .status
+        .run_status(summary.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    (err, requests, run)
+}
+
+#[tokio::test]
+async fn a_wrong_model_fails_the_batch_not_its_documents() {
+    let texts: Vec<String> = (0..20).map(|i| format!("§ {i} Lov om modeller")).collect();
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let (err, requests, run) = one_failing_batch(
+        &[("OPENAI_EMBEDDING_MODEL", "text-embedding-9-huge")],
+        &refs,
+    )
+    .await;
+    assert!(
+        matches!(
+            err,
+            WorkerError::Embed(EmbedError::InvalidRequest { status: 404, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        requests, 1,
+        "a request-level 404 is neither retried nor bisected"
+    );
+    assert_eq!((run.batches_failed, run.documents_failed), (1, 20));
+    assert!(run.failed_documents.is_empty(), "no document is blamed");
+    let last = run.last_error.unwrap_or_default();
+    assert!(last.contains("OPENAI_EMBEDDING_MODEL"), "{last}");
+}
+
+#[tokio::test]
+async fn an_exhausted_quota_fails_at_once_and_says_what_to_do() {
+    let (err, requests, run) = one_failing_batch(
+        &[],
+        &[Some("Lov om kvoter"), Some("Lov om kreditt [[fail:quota]]")],
+    )
+    .await;
+    assert!(
+        matches!(err, WorkerError::Embed(EmbedError::QuotaExhausted { .. })),
+        "{err}"
+    );
+    assert_eq!(requests, 1, "insufficient_quota is never retried");
+    assert_eq!(run.batches_failed, 1);
+    let last = run.last_error.unwrap_or_default();
+    assert!(
+        last.contains("quota exhausted") && last.contains("backfill redrive"),
+        "{last}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_column_names_the_migration() {
     let stack = Stack::load();
@@ -143,6 +237,16 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
     let base = stack.var("SUPABASE_URL");
     let anon = stack.var("SUPABASE_ANON_KEY");
     let http = reqwest::Client::new();
+    // A row in each table, so an empty answer means hidden, not absent (dated
+    // long ago, so no `backfill status` of another test takes it for the latest).
+    let pg = stack.pg().await;
+    let hidden = uuid::Uuid::new_v4();
+    pg.batch_execute(&format!(
+        "INSERT INTO backfill_runs (id, params, price_per_million_tokens, created_at) VALUES ('{hidden}', '{{}}', 0.02, '2000-01-01');
+         INSERT INTO backfill_batches (run_id, seq, ids, first_id, last_id) VALUES ('{hidden}', 0, '{{1}}', 1, 1);"
+    ))
+    .await
+    .unwrap();
     for table in ["backfill_runs", "backfill_batches"] {
         let resp = http
             .get(format!("{base}/{table}?select=*&limit=1"))
@@ -159,6 +263,9 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
         );
         assert!(status != 200 || body.trim() == "[]");
     }
+    pg.batch_execute(&format!("DELETE FROM backfill_runs WHERE id = '{hidden}'"))
+        .await
+        .unwrap();
     let run = uuid::Uuid::new_v4();
     let target = serde_json::json!({"schema":"public","table":"lovdata_documents","id":"id","content":"content","archive":"archive","embedding":"embedding"});
     let calls = [

@@ -24,9 +24,18 @@ pub const DEFAULT_DIMENSIONS: usize = 1536;
 pub const MAX_INPUTS: usize = 2048;
 pub const MAX_INPUT_TOKENS: usize = 8192;
 pub const MAX_REQUEST_TOKENS: usize = 300_000;
+/// Models it serves; any other gets OpenAI's 404 `model_not_found`.
+pub const MODELS: [&str; 3] = [
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "text-embedding-ada-002",
+];
 
-/// How the server behaves; see the binary's `--help`.
-#[derive(Clone, Debug)]
+/// How the server behaves; see the binary's `--help`. Inputs holding a
+/// marker fail on purpose: `[[fail:400]]` (that input is rejected),
+/// `[[fail:429]]` (rate limited), `[[fail:quota]]` (429 `insufficient_quota`),
+/// `[[fail:500]]` (server error).
+#[derive(Clone)]
 pub struct Config {
     pub api_key: String,
     pub dimensions: usize,
@@ -36,6 +45,20 @@ pub struct Config {
     pub rpm: Option<u64>,
     pub error_rate: f64,
     pub seed: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("dimensions", &self.dimensions)
+            .field("latency", &self.latency)
+            .field("latency_per_1k_tokens", &self.latency_per_1k_tokens)
+            .field("tpm", &self.tpm)
+            .field("rpm", &self.rpm)
+            .field("error_rate", &self.error_rate)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -326,6 +349,24 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Response 
         );
     }
     let model = req.model.unwrap_or_else(|| "text-embedding-3-small".into());
+    if !MODELS.contains(&model.as_str()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist or you do not have access to it."),
+            "invalid_request_error",
+            None,
+            Some("model_not_found"),
+        );
+    }
+    if inputs.iter().any(|s| s.contains("[[fail:quota]]")) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "insufficient_quota",
+            None,
+            Some("insufficient_quota"),
+        );
+    }
     let limit_headers = match take_limits(state, total as f64, &model) {
         Ok(h) => h,
         Err(r) => return *r,
@@ -488,7 +529,7 @@ async fn models() -> Json<Value> {
     let model = |id: &str| json!({"id": id, "object": "model", "created": 1705948997, "owned_by": "system"});
     Json(json!({
         "object": "list",
-        "data": [model("text-embedding-3-small"), model("text-embedding-3-large"), model("text-embedding-ada-002")],
+        "data": MODELS.iter().map(|m| model(m)).collect::<Vec<_>>(),
     }))
 }
 

@@ -348,7 +348,7 @@ async fn run<F: Fn(&str) -> Option<String>>(env: &config::Env<F>, args: RunArgs)
     let worker = setup::worker(env, &stores)?;
     let local = LocalOptions {
         concurrency: args.concurrency.into(),
-        max_receive_count: env.queue().map(|q| q.max_receive_count).unwrap_or(5),
+        max_receive_count: env.max_receive_count()?,
         retry_delay: Duration::from_secs(2),
         message_timeout: Duration::from_secs(600),
     };

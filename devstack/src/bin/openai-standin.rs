@@ -9,7 +9,8 @@ use std::time::Duration;
 #[command(
     name = "openai-standin",
     version,
-    about = "OpenAI-compatible /v1/embeddings server for tests, demos and benchmarks"
+    about = "OpenAI-compatible /v1/embeddings server for tests, demos and benchmarks",
+    after_help = "Fault markers: an input containing [[fail:400]] is rejected with 400, [[fail:429]] gets a 429 rate_limit_exceeded, [[fail:quota]] a 429 insufficient_quota, [[fail:500]] a 500. A model it does not serve gets 404 model_not_found."
 )]
 struct Args {
     /// Address to listen on
