@@ -111,12 +111,13 @@ def measure(name, standin, cmds, env, docs_expected):
     }
 
 
-def workers_until_done(env, run_id, loops):
+def workers_until_done(env, run_id, loops, batch):
     """Runs WORKERS `backfill work` processes until the run has finished, then
     stops them; wall seconds, CPU seconds summed, largest peak RSS (KiB)."""
     start = time.monotonic()
     procs = [subprocess.Popen(["/usr/bin/time", "-f", "TIME %U %S %M", str(REL / "backfill"), "work",
-                               "--concurrency", str(loops)], env=env, stdout=subprocess.DEVNULL,
+                               "--concurrency", str(loops), "--batch-size", str(batch)],
+                              env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(WORKERS)]
     while sql(f"SELECT state FROM backfill_runs WHERE id = '{run_id}'") not in ("completed", "completed_with_errors"):
         if any(p.poll() is not None for p in procs):
@@ -170,13 +171,15 @@ def setting(label, extra, tpm):
                              env=queue_env, check=True, capture_output=True, text=True).stdout
         run_id = json.loads(out)["run_id"]
         standin.reset()
-        # Under a budget a worker takes no more messages (10 per receive loop)
-        # than its share can embed within the message timeout.
-        loops = 2 if tpm else 4
-        wall, cpu, rss = workers_until_done(queue_env, run_id, loops)
+        # Under a budget each worker holds few messages, as Lambda instances with
+        # the template's BatchSize of 1 do: a worker that holds many while the
+        # others run dry would leave their shares of the budget unused.
+        loops, batch = (4, 1) if tpm else (4, 10)
+        wall, cpu, rss = workers_until_done(queue_env, run_id, loops, batch)
         s = standin.stats()
         embedded = int(sql(f"SELECT count(*) FROM lovdata_documents WHERE archive = '{ARCHIVE}' AND embedding IS NOT NULL"))
-        rows.append({"name": f"dispatch + SQS + {WORKERS} x backfill work --concurrency {loops}", "docs": embedded, "wall": wall,
+        rows.append({"name": f"dispatch + SQS + {WORKERS} x backfill work --concurrency {loops} --batch-size {batch}",
+                     "docs": embedded, "wall": wall,
                      "docs_per_sec": embedded / wall, "tokens": s["tokens"],
                      "requests": s["requests"], "429": s["status_429"], "cpu_per_1k": cpu / max(embedded, 1) * 1000,
                      "rss_mib": rss / 1024})
@@ -189,36 +192,85 @@ def setting(label, extra, tpm):
         r["tokens_per_min"] = r["tokens"] / r["wall"] * 60
         # The limiter starts with a full minute of tokens; what a run sustains is
         # what it used beyond that burst, per minute.
-        r["tpm_util"] = max(r["tokens"] - tpm, 0) / (r["wall"] / 60) / tpm if tpm else None
+        # A pipeline that never used up the burst has no sustained rate to show.
+        r["tpm_util"] = (r["tokens"] - tpm) / (r["wall"] / 60) / tpm if tpm and r["tokens"] > tpm else None
         r["share_429"] = r["429"] / max(r["requests"], 1)
     return label, rows
 
 
+def cpu_seconds():
+    """CPU seconds so far of the stack's processes, by part: the embeddings
+    stand-ins, postrust, and Postgres (every backend)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parts = {"embeddings stand-in": 0.0, "postrust": 0.0, "postgres": 0.0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        for part, prefix in (("embeddings stand-in", "openai-standin"), ("postrust", "postrust"),
+                             ("postgres", "postgres")):
+            if comm.startswith(prefix[:15]):
+                parts[part] += used
+    return parts
+
+
 def ceiling():
-    """No latency, no limit: `backfill run` against the fastest write of the
-    same vectors there is, one SQL UPDATE from a table holding them."""
+    """No latency, no limit: `backfill run` against plain SQL writes of the same
+    vectors, sent by a client in statements of 100 rows as the worker's are,
+    and against a server-side copy that sends no vectors at all; with the CPU
+    each part of the stack used, which is what bounds the pipeline here."""
     standin = Standin(55493, [])
     env = dict(ENV, OPENAI_BASE_URL=standin.url + "/v1", OPENAI_API_KEY=standin.key, RUST_LOG="error")
     try:
+        before = cpu_seconds()
         run = measure("backfill run --concurrency 16", standin,
                       [[str(REL / "backfill"), "run", "--archive", ARCHIVE, "--concurrency", "16", "--json", "--force"]],
                       env, N)
+        after = cpu_seconds()
     finally:
         standin.stop()
+    rows = subprocess.run([str(PSQL), ENV["DATABASE_URL"], "-X", "-q", "-At", "-F", "\t", "-c",
+                           f"SELECT id, embedding::text FROM lovdata_documents WHERE archive = '{ARCHIVE}' "
+                           f"AND embedding IS NOT NULL ORDER BY id"],
+                          check=True, capture_output=True, text=True).stdout.splitlines()
+    script = ROOT / "target" / "bench-writes.sql"
+    with script.open("w") as f:
+        for i in range(0, len(rows), 100):
+            values = ",".join(f"({r.split(chr(9))[0]},'{r.split(chr(9))[1]}')" for r in rows[i:i + 100])
+            f.write(f"UPDATE lovdata_documents d SET embedding = v.e::vector FROM (VALUES {values}) AS v(id, e) "
+                    f"WHERE d.id = v.id;\n")
     sql("DROP TABLE IF EXISTS bench_vectors")
     sql(f"CREATE TABLE bench_vectors AS SELECT id, embedding FROM lovdata_documents "
         f"WHERE archive = '{ARCHIVE}' AND embedding IS NOT NULL")
     reset_vectors()
     start = time.monotonic()
+    subprocess.run([str(PSQL), ENV["DATABASE_URL"], "-X", "-q", "-f", str(script)], check=True,
+                   capture_output=True)
+    client_wall = time.monotonic() - start
+    script.unlink()
+    reset_vectors()
+    start = time.monotonic()
     sql("UPDATE lovdata_documents d SET embedding = v.embedding FROM bench_vectors v WHERE d.id = v.id")
-    wall = time.monotonic() - start
+    copy_wall = time.monotonic() - start
     sql("DROP TABLE bench_vectors")
-    raw = run["docs"] / wall
+    client = len(rows) / client_wall
+    copy = len(rows) / copy_wall
+    used = {k: after[k] - before[k] for k in after}
+    used["backfill run"] = run["cpu_per_1k"] * run["docs"] / 1000
+    breakdown = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(used.items(), key=lambda kv: -kv[1]))
     return (f"### No TPM limit, no latency: the write ceiling\n\n"
-            f"| pipeline | docs | wall s | docs/s | share of raw SQL |\n|---|---:|---:|---:|---:|\n"
-            f"| one SQL UPDATE of the same vectors from a table | {run['docs']:,} | {wall:.1f} | {raw:.1f} | 100% |\n"
+            f"| pipeline | docs | wall s | docs/s | share of client SQL writes |\n|---|---:|---:|---:|---:|\n"
+            f"| plain SQL from a client: `UPDATE ... FROM (VALUES ...)`, 100 vectors a statement, one connection "
+            f"| {len(rows):,} | {client_wall:.1f} | {client:.1f} | 100% |\n"
             f"| {run['name']} | {run['docs']:,} | {run['wall']:.1f} | {run['docs_per_sec']:.1f} | "
-            f"{run['docs_per_sec'] / raw * 100:.0f}% |\n")
+            f"{run['docs_per_sec'] / client * 100:.0f}% |\n"
+            f"| one server-side UPDATE from a table of the vectors (no vector leaves the server) | {len(rows):,} | "
+            f"{copy_wall:.1f} | {copy:.1f} | {copy / client * 100:.0f}% |\n\n"
+            f"CPU seconds during `backfill run` ({os.cpu_count()} cores, {run['wall']:.1f} s wall): {breakdown}.\n")
 
 
 def tokenizers():
@@ -230,6 +282,28 @@ def tokenizers():
             f"| crate | load ms | count MB/s | 8,191-token check of every text, ms |\n|---|---:|---:|---:|\n"
             f"| bpe-openai (used) | {b['load_ms']} | {b['count_mb_s']} | {b['limit_check_ms']} |\n"
             f"| tiktoken-rs | {k['load_ms']} | {k['count_mb_s']} | {k['limit_check_ms']} |\n")
+
+
+def lambda_worker(runs=3):
+    """The worker binary as Lambda runs it (bench/lambda_probe.py): init, one
+    100-document event at ~1 s per request, peak RSS; and what Lambda bills for
+    a million documents at the template's 256 MB on arm64."""
+    results = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "lambda_probe.py")], env=ENV, check=True,
+                             capture_output=True, text=True).stdout
+        results.append(json.loads(out))
+    med = lambda key: sorted(r[key] for r in results)[len(results) // 2]
+    gb_s_price, per_request = 0.0000133334, 0.20 / 1e6
+    events = 1_000_000 / 100
+    cost = events * (med("event_ms") / 1000 * 0.25 * gb_s_price + per_request)
+    failed = [r["answer"] for r in results if r["answer"] != {"batchItemFailures": []}]
+    if failed:
+        sys.exit(f"bench: the probed worker reported failures: {failed}")
+    return (f"### The worker as a Lambda (median of {runs} cold starts, x86_64 release build)\n\n"
+            f"| init ms | 100-document event ms | peak RSS MiB | binary MiB | Lambda cost per 1M documents (256 MB arm64) |\n"
+            f"|---:|---:|---:|---:|---:|\n"
+            f"| {med('init_ms')} | {med('event_ms')} | {med('peak_rss_mib')} | {med('binary_mib')} | ${cost:.2f} |\n")
 
 
 def table(label, rows):
@@ -245,7 +319,7 @@ def table(label, rows):
 
 
 def main():
-    for b in ["backfill", "openai-standin", "seed-docs", "baseline", "tokenizer-bench"]:
+    for b in ["backfill", "worker", "openai-standin", "seed-docs", "baseline", "tokenizer-bench"]:
         if not (REL / b).exists():
             sys.exit(f"bench: build first: cargo build --release --bins ({b} missing)")
     have = int(sql(f"SELECT count(*) FROM lovdata_documents WHERE archive = '{ARCHIVE}'"))
@@ -265,7 +339,7 @@ def main():
               f"only (all workers summed for CPU, the largest for RSS). TPM used is the rate sustained beyond the "
               f"limiter's initial burst of one minute of tokens: (tokens - limit) / minutes / limit.\n\n")
     text = (header + "\n".join(table(label, rows) for label, rows in results) + "\n" + ceiling() + "\n"
-            + tokenizers())
+            + tokenizers() + "\n" + lambda_worker())
     (ROOT / "bench" / "results.md").write_text(text)
     print(text)
 

@@ -44,13 +44,19 @@ impl Counters {
     }
 }
 
+/// Consecutive failed receives (with doubling pauses, about two minutes in
+/// all) that `consume_sqs` rides out once the queue has answered.
+const RECEIVE_RETRIES: u32 = 8;
+
 /// Options of the SQS consumer.
 #[derive(Clone, Debug)]
 pub struct ConsumeOptions {
     /// Stop when a receive finds the queue empty, instead of polling forever.
     pub until_empty: bool,
-    /// Receive loops running at once, each taking up to 10 messages.
+    /// Receive loops running at once, each taking up to `batch_size` messages.
     pub concurrency: usize,
+    /// Messages per receive (1-10), handled as one event.
+    pub batch_size: i32,
     /// Long-poll wait of each receive.
     pub wait: Duration,
     /// Time one event may take, as a Lambda timeout would bound it.
@@ -66,9 +72,27 @@ pub async fn consume_sqs(
 ) -> Result<Tally, QueueError> {
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
+    let reached = AtomicBool::new(false);
     let loops = (0..opts.concurrency.max(1)).map(|_| async {
+        let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            let received = queue.receive(10, opts.wait).await?;
+            let received = match queue.receive(opts.batch_size.clamp(1, 10), opts.wait).await {
+                Ok(r) => {
+                    reached.store(true, Ordering::Relaxed);
+                    failures = 0;
+                    r
+                }
+                // A queue never reached is a setting to fix; one that answered
+                // before is having a moment: wait and poll again, for a while.
+                Err(e) if reached.load(Ordering::Relaxed) && failures < RECEIVE_RETRIES => {
+                    failures += 1;
+                    let pause = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                    tracing::warn!(error = %e, attempt = failures, pause_ms = pause.as_millis() as u64, "receive failed; polling again");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if received.is_empty() {
                 if opts.until_empty {
                     stop.store(true, Ordering::Relaxed);
@@ -94,7 +118,11 @@ pub async fn consume_sqs(
                 }
             }
             failpoint::crash_point("work_before_delete");
-            queue.delete(&done).await?;
+            // Undeleted messages come back after the visibility timeout and are
+            // skipped as already done: a failed delete costs a little time only.
+            if let Err(e) = queue.delete(&done).await {
+                tracing::warn!(error = %e, messages = done.len(), "delete failed; the messages will be redelivered and skipped");
+            }
         }
         Ok::<(), QueueError>(())
     });

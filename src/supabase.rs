@@ -11,7 +11,13 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// The migration that creates each RPC function, so a missing one names its fix.
-const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[("backfill_", "0004_backfill_rpc.sql")];
+/// The first match wins, so later migrations' functions come first.
+const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[
+    ("backfill_create_run", "0005_backfill_guards.sql"),
+    ("backfill_failed_batches", "0005_backfill_guards.sql"),
+    ("backfill_note_run_error", "0005_backfill_guards.sql"),
+    ("backfill_", "0004_backfill_rpc.sql"),
+];
 const MIGRATE_HINT: &str = "run scripts/migrate.sh with DATABASE_URL pointing at the database";
 
 #[derive(Debug, Error)]

@@ -18,6 +18,9 @@ use std::time::Instant as StdInstant;
 use thiserror::Error;
 use tokio::time::Instant;
 
+/// Time kept back from the deadline to record a failure and answer.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Error)]
 pub enum WorkerError {
     #[error(transparent)]
@@ -30,6 +33,8 @@ pub enum WorkerError {
     UnknownBatch(RunId, BatchSeq),
     #[error("batch {1} of run {0} failed for good on an earlier delivery (`backfill status {0}` says why); this redelivery does not call the API again. Fix the cause, then `backfill redrive` or `backfill retry-failed {0}`")]
     FailedBefore(RunId, BatchSeq),
+    #[error("the batch did not finish before the invocation's deadline; SQS delivers it again")]
+    OutOfTime,
     #[error(transparent)]
     Rest(#[from] RestError),
     #[error(transparent)]
@@ -42,6 +47,7 @@ impl WorkerError {
         match self {
             WorkerError::Rest(e) => e.is_transient(),
             WorkerError::Embed(e) => e.is_retryable(),
+            WorkerError::OutOfTime => true,
             _ => false,
         }
     }
@@ -112,9 +118,18 @@ impl Worker {
     ) -> Result<BatchReport, WorkerError> {
         let started = StdInstant::now();
         let parsed = BatchMessage::parse(&msg.body);
-        let result = match &parsed {
-            Ok(m) => self.process(m, msg.receive_count, deadline).await,
-            Err(e) => Err(WorkerError::Message(e.clone())),
+        let result = match (&parsed, deadline) {
+            // Every call inside has its own retries; this bounds them all, so the
+            // failure is recorded and answered before Lambda stops the process.
+            (Ok(m), Some(d)) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let bound = d - ANSWER_MARGIN.min(left / 2);
+                tokio::time::timeout_at(bound, self.process(m, msg.receive_count, deadline))
+                    .await
+                    .unwrap_or(Err(WorkerError::OutOfTime))
+            }
+            (Ok(m), None) => self.process(m, msg.receive_count, deadline).await,
+            (Err(e), _) => Err(WorkerError::Message(e.clone())),
         };
         match (&result, &parsed) {
             (Ok(r), _) => tracing::info!(

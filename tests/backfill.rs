@@ -17,6 +17,7 @@ fn drain_opts() -> ConsumeOptions {
     ConsumeOptions {
         until_empty: true,
         concurrency: 2,
+        batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(60),
     }

@@ -181,6 +181,12 @@ async fn chaos() {
     let stored = vectors(&pg, TABLE, &ids).await;
     let good: Vec<usize> = (0..DOCS).filter(|i| !POISON.contains(i)).collect();
     let good_texts: Vec<&str> = good.iter().map(|&i| texts[i].as_str()).collect();
+    // Tokens count each document's one embedding, however often it was paid.
+    let tokens: u64 = good_texts
+        .iter()
+        .map(|t| embed_backfill::tokens::count(t) as u64)
+        .sum();
+    assert_eq!(run.tokens_used, tokens);
     let expected = base.expected_vectors(&good_texts).await;
     for (&i, want) in good.iter().zip(&expected) {
         assert_eq!(

@@ -27,6 +27,7 @@ fn drain_opts(timeout: Duration) -> ConsumeOptions {
     ConsumeOptions {
         until_empty: true,
         concurrency: 2,
+        batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: timeout,
     }
@@ -277,6 +278,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
     let short = ConsumeOptions {
         until_empty: true,
         concurrency: 1,
+        batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(1),
     };
@@ -475,6 +477,7 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
     let consume = ConsumeOptions {
         until_empty: false,
         concurrency: 2,
+        batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(60),
     };

@@ -159,9 +159,13 @@ struct WorkArgs {
     /// Stop when the queue is empty instead of polling forever
     #[arg(long)]
     until_empty: bool,
-    /// Receive loops at once, each handling up to 10 messages
+    /// Receive loops at once, each handling up to --batch-size messages
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// Messages per receive, handled as one event: the event source mapping's
+    /// BatchSize (the template's WorkerBatchSize)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=10))]
+    batch_size: u8,
     /// Seconds one receive may take, like the worker Lambda's timeout
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -285,6 +289,7 @@ async fn execute(cli: Cli) -> Result<()> {
             let opts = ConsumeOptions {
                 until_empty: args.until_empty,
                 concurrency: args.concurrency.into(),
+                batch_size: args.batch_size.into(),
                 wait: if args.until_empty {
                     Duration::from_secs(1)
                 } else {
