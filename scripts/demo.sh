@@ -37,8 +37,10 @@ echo "==> backfill dispatch --archive $LOVER --dry-run"
 "$BACKFILL" dispatch --archive "$LOVER" --dry-run
 
 echo
-echo "==> backfill dispatch --archive $LOVER"
-RUN_ID="$("$BACKFILL" dispatch --archive "$LOVER" --json | sed -n 's/.*"run_id": *"\([^"]*\)".*/\1/p')"
+# --force: the archive was just reseeded, so a run an interrupted demo left
+# active over it has nothing left to do and must not block this one.
+echo "==> backfill dispatch --archive $LOVER --force"
+RUN_ID="$("$BACKFILL" dispatch --archive "$LOVER" --force --json | sed -n 's/.*"run_id": *"\([^"]*\)".*/\1/p')"
 [[ -n "$RUN_ID" ]] || { echo "dispatch returned no run id" >&2; exit 1; }
 echo "run $RUN_ID queued"
 

@@ -28,39 +28,12 @@ async fn a_wrong_service_key_names_the_variable() {
 
 #[tokio::test]
 async fn a_wrong_openai_key_fails_at_once_without_retries() {
-    let stack = Stack::load();
-    let standin = Standin::spawn(&[]);
     let wrong_key = "sk-wrong-key-0123456789abcdef";
-    let stack = stack
-        .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
-        .with("OPENAI_API_KEY", wrong_key);
-    let pg = stack.pg().await;
-    let archive = unique("badkey");
-    insert_docs(
-        &pg,
-        "lovdata_documents",
-        &archive,
+    let (err, requests, run) = one_failing_batch(
+        &[("OPENAI_API_KEY", wrong_key)],
         &[Some("Lov om vern av nøkler")],
     )
     .await;
-    let (queue, _) = stack.fresh_queue(30, 5).await;
-    let stores = stack.stores();
-    let dispatcher = stack.dispatcher(&queue);
-    let opts = embed_backfill::dispatch::DispatchRequest {
-        archive: Some(archive.clone()),
-        ..Default::default()
-    }
-    .validate()
-    .unwrap();
-    let summary = dispatcher.dispatch(&opts).await.unwrap();
-    let msg = queue
-        .receive(1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0)
-        .0;
-    let worker = stack.worker();
-    let err = worker.handle(&msg, None).await.unwrap_err();
     assert!(
         matches!(err, WorkerError::Embed(EmbedError::InvalidKey { .. })),
         "{err}"
@@ -68,17 +41,7 @@ async fn a_wrong_openai_key_fails_at_once_without_retries() {
     let text = err.to_string();
     assert!(text.contains("OPENAI_API_KEY"), "{text}");
     assert!(!text.contains("0123456789abcdef"), "the key leaked: {text}");
-    assert_eq!(
-        standin.stats().await["requests"].as_u64(),
-        Some(1),
-        "retried a 401"
-    );
-    let run = stores
-        .status
-        .run_status(summary.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(requests, 1, "retried a 401");
     assert_eq!(
         run.batches_failed, 1,
         "a permanent error ends the batch as failed"
