@@ -7,8 +7,8 @@
 mod common;
 
 use common::{insert_docs, repo_root, sample_texts, unique, vectors, Stack};
-use embed_backfill::handlers;
 use embed_backfill::status::RunState;
+use embed_backfill::{handlers, invoke};
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
@@ -429,6 +429,32 @@ async fn the_lambda_binaries_run_every_sample_event() {
     assert!(partial.continuation.is_some(), "the deadline cut it short");
     assert_eq!(partial.summary.documents, 50, "one page");
     let batches = (more.len() + blank).div_ceil(5);
+    // The continuation goes out as the dispatcher binary sends it: an
+    // asynchronous (Event) invocation of the function, which finishes the run.
+    invoke::continue_async(
+        &lambda,
+        "dispatcher",
+        partial.continuation.as_ref().unwrap(),
+    )
+    .await
+    .unwrap();
+    let status = stack.stores().status;
+    let started = Instant::now();
+    while status
+        .run_status(Some(run_id))
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+        == RunState::Dispatching
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the asynchronous continuation never finished the dispatch"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The sample continuation event on a dispatched run adds nothing.
     let mut continuation = sample_event("dispatch-continue.json");
     continuation["continue_run"] = serde_json::json!(run_id);
     let rest = invoke(&lambda, "dispatcher", &continuation)
