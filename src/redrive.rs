@@ -80,8 +80,14 @@ pub async fn retry_failed<Q: Queue>(
     status: &StatusStore,
     queue: &Q,
     run: RunId,
+    unfinished: bool,
 ) -> Result<u64, RetryError> {
-    let failed = status.failed_batches(run).await?;
+    // A batch still in flight may be queued twice this way; it is counted once.
+    let failed = if unfinished {
+        status.unfinished_batches(run).await?
+    } else {
+        status.failed_batches(run).await?
+    };
     let messages: Vec<BatchMessage> = failed.iter().map(|b| BatchMessage::of(run, b)).collect();
     queue.send(&messages).await?;
     Ok(messages.len() as u64)

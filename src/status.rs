@@ -243,6 +243,13 @@ impl StatusStore {
             .await
     }
 
+    /// Every batch of the run that has not ended, whatever its state.
+    pub async fn unfinished_batches(&self, run: RunId) -> Result<Vec<BatchRef>, RestError> {
+        self.rest
+            .rpc("backfill_unfinished_batches", &json!({ "p_run_id": run }))
+            .await
+    }
+
     /// Records a page of batches and the cursor after them, atomically.
     pub async fn add_batches(
         &self,

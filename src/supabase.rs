@@ -16,6 +16,10 @@ const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[
     ("backfill_create_run", "0005_backfill_guards.sql"),
     ("backfill_failed_batches", "0005_backfill_guards.sql"),
     ("backfill_note_run_error", "0005_backfill_guards.sql"),
+    (
+        "backfill_unfinished_batches",
+        "0006_backfill_unfinished.sql",
+    ),
     ("backfill_", "0004_backfill_rpc.sql"),
 ];
 const MIGRATE_HINT: &str = "run scripts/migrate.sh with DATABASE_URL pointing at the database";

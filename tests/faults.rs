@@ -176,6 +176,58 @@ async fn overlapping_runs_are_refused_unless_forced() {
 }
 
 #[tokio::test]
+async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let archive = unique("stuck");
+    let texts: Vec<String> = (0..6)
+        .map(|i| format!("§ {i} Lov om arbeidsmiljø, annet ledd."))
+        .collect();
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
+    let (queue, _) = stack.fresh_queue(30, 5).await;
+    let stores = stack.stores();
+    let summary = stack
+        .dispatcher(&queue)
+        .dispatch(&options(&format!(
+            r#"{{"archive": "{archive}", "batch_size": 3}}"#
+        )))
+        .await
+        .unwrap();
+    let run_id = summary.run_id.unwrap();
+    // The messages are gone (expired dead letters) and one batch was left
+    // `running` by a last delivery that crashed: nothing will come back alone.
+    let gone = queue.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(gone.len(), 2);
+    let receipts: Vec<String> = gone.into_iter().map(|(_, r)| r).collect();
+    queue.delete(&receipts).await.unwrap();
+    pg.batch_execute(&format!(
+        "UPDATE backfill_batches SET state = 'running', attempts = 5 WHERE run_id = '{run_id}' AND seq = 0"
+    ))
+    .await
+    .unwrap();
+
+    let failed_only = redrive::retry_failed(&stores.status, &queue, run_id, false)
+        .await
+        .unwrap();
+    assert_eq!(failed_only, 0, "no batch is failed");
+    let queued = redrive::retry_failed(&stores.status, &queue, run_id, true)
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "the running batch and the queued one");
+    drain(&stack, &queue).await;
+    let run = stores
+        .status
+        .run_status(Some(run_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!((run.batches_done, run.documents_embedded), (2, 6));
+    assert_eq!(vectors(&pg, TABLE, &ids).await.len(), 6);
+}
+
+#[tokio::test]
 async fn failed_batches_come_back_with_retry_failed_and_count_once() {
     let stack = Stack::load();
     let pg = stack.pg().await;
@@ -218,7 +270,7 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
         .contains("OPENAI_API_KEY"));
     assert_eq!(run.failed_batches.len(), 3);
 
-    let queued = redrive::retry_failed(&stores.status, &queue, run_id)
+    let queued = redrive::retry_failed(&stores.status, &queue, run_id, false)
         .await
         .unwrap();
     assert_eq!(queued, 3);

@@ -150,6 +150,11 @@ struct RedriveArgs {
 #[derive(Args)]
 struct RetryFailedArgs {
     run_id: RunId,
+    /// Also queue batches that never ended (pending, queued, running,
+    /// retrying): for a run stuck with empty queues after a crashed last
+    /// delivery or expired dead letters. A batch queued twice counts once.
+    #[arg(long)]
+    unfinished: bool,
     #[arg(long)]
     json: bool,
 }
@@ -268,7 +273,8 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::RetryFailed(args) => {
             let stores = setup::stores(&env)?;
             let queue = setup::sqs_queue(&env).await?;
-            let queued = redrive::retry_failed(&stores.status, &queue, args.run_id).await?;
+            let queued =
+                redrive::retry_failed(&stores.status, &queue, args.run_id, args.unfinished).await?;
             if args.json {
                 println!(
                     "{}",
