@@ -6,6 +6,7 @@ use crate::dispatch::{DispatchError, DispatchOptions, DispatchSummary, Dispatche
 use crate::failpoint;
 use crate::ids::RunId;
 use crate::queue::{MemoryQueue, QueueError, SqsQueue};
+use crate::retry::Backoff;
 use crate::worker::Worker;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,9 +45,13 @@ impl Counters {
     }
 }
 
-/// Consecutive failed receives (with doubling pauses, about two minutes in
-/// all) that `consume_sqs` rides out once the queue has answered.
-const RECEIVE_RETRIES: u32 = 8;
+/// The pauses between failed receives that `consume_sqs` rides out once the
+/// queue has answered: doubling, jittered, about two minutes at most in all.
+const RECEIVE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+    max_attempts: 9,
+};
 
 /// Options of the SQS consumer.
 #[derive(Clone, Debug)]
@@ -84,14 +89,17 @@ pub async fn consume_sqs(
                 }
                 // A queue never reached is a setting to fix; one that answered
                 // before is having a moment: wait and poll again, for a while.
-                Err(e) if reached.load(Ordering::Relaxed) && failures < RECEIVE_RETRIES => {
+                Err(e) => {
                     failures += 1;
-                    let pause = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                    let pause = reached
+                        .load(Ordering::Relaxed)
+                        .then(|| RECEIVE_BACKOFF.next_delay(failures, None, None, Duration::ZERO))
+                        .flatten();
+                    let Some(pause) = pause else { return Err(e) };
                     tracing::warn!(error = %e, attempt = failures, pause_ms = pause.as_millis() as u64, "receive failed; polling again");
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             if received.is_empty() {
                 if opts.until_empty {

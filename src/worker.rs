@@ -118,18 +118,22 @@ impl Worker {
     ) -> Result<BatchReport, WorkerError> {
         let started = StdInstant::now();
         let parsed = BatchMessage::parse(&msg.body);
-        let result = match (&parsed, deadline) {
-            // Every call inside has its own retries; this bounds them all, so the
-            // failure is recorded and answered before Lambda stops the process.
-            (Ok(m), Some(d)) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let bound = d - ANSWER_MARGIN.min(left / 2);
-                tokio::time::timeout_at(bound, self.process(m, msg.receive_count, deadline))
-                    .await
-                    .unwrap_or(Err(WorkerError::OutOfTime))
+        let result = match &parsed {
+            Ok(m) => {
+                let work = self.process(m, msg.receive_count, deadline);
+                // Every call inside has its own retries; this bounds them all, so
+                // the failure is recorded and answered before Lambda stops the process.
+                match deadline {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        tokio::time::timeout_at(d - ANSWER_MARGIN.min(left / 2), work)
+                            .await
+                            .unwrap_or(Err(WorkerError::OutOfTime))
+                    }
+                    None => work.await,
+                }
             }
-            (Ok(m), None) => self.process(m, msg.receive_count, deadline).await,
-            (Err(e), _) => Err(WorkerError::Message(e.clone())),
+            Err(e) => Err(WorkerError::Message(e.clone())),
         };
         match (&result, &parsed) {
             (Ok(r), _) => tracing::info!(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{insert_docs, sample_texts, unique, vectors, Stack, Standin};
+use common::{insert_docs, run_of, sample_texts, unique, vectors, Stack, Standin};
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::handlers;
 use embed_backfill::queue::SqsQueue;
@@ -103,12 +103,7 @@ async fn archive_backfill_end_to_end() {
         .filter(|t| t.as_deref().is_none_or(tokens::is_blank))
         .count() as u64;
     let stores = stack.stores();
-    let run = stores
-        .status
-        .run_status(summary.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, summary.run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(run.total_documents, 45);
     assert_eq!(run.documents_embedded, 45 - blank);
@@ -284,12 +279,7 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
     let worker = stack.worker();
     let first = worker.handle(msg, None).await.unwrap();
     assert!(first.counted && !first.already_done);
-    let after_first = stores
-        .status
-        .run_status(summary.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after_first = run_of(&stores.status, summary.run_id).await;
     let requests = standin.stats().await["requests"].as_u64().unwrap();
     assert_eq!(requests, 1);
 
@@ -297,12 +287,7 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
     again.receive_count = 2;
     let second = worker.handle(&again, None).await.unwrap();
     assert!(second.already_done && !second.counted);
-    let after_second = stores
-        .status
-        .run_status(summary.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after_second = run_of(&stores.status, summary.run_id).await;
     assert_eq!(
         standin.stats().await["requests"].as_u64().unwrap(),
         requests,

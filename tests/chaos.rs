@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{insert_docs, unique, vectors, PrivateRest, Stack, Standin};
+use common::{insert_docs, run_of, unique, vectors, PrivateRest, Stack, Standin};
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::redrive;
 use embed_backfill::status::RunState;
@@ -107,12 +107,7 @@ async fn chaos() {
         if kills < 2 || !restarted {
             continue;
         }
-        let run = stores
-            .status
-            .run_status(Some(run_id))
-            .await
-            .unwrap()
-            .unwrap();
+        let run = run_of(&stores.status, run_id).await;
         if stack.queue_depth(queue.url()).await > 0 {
             continue;
         }
@@ -132,12 +127,7 @@ async fn chaos() {
         kill(w);
     }
 
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     let stats = standin.stats().await;
     println!(
         "chaos: {} documents in {:.1}s; embedded {}, failed {} (poison), batches {}/{} done, {} failed; \

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{insert_docs, unique, vectors, Stack};
+use common::{insert_docs, run_of, unique, vectors, Stack};
+use embed_backfill::ids::RunId;
 use embed_backfill::status::RunState;
 use embed_backfill::tokens;
 use std::collections::HashSet;
@@ -79,13 +80,7 @@ async fn assert_clean_result(
         .await
         .unwrap();
     let run_id: String = row.get(0);
-    let run = stack
-        .stores()
-        .status
-        .run_status(Some(run_id.parse().unwrap()))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stack.stores().status, run_id.parse::<RunId>().unwrap()).await;
     let tokens: u64 = texts.iter().map(|t| tokens::count(t) as u64).sum();
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{insert_docs, unique, Stack, Standin};
+use common::{insert_docs, run_of, unique, Stack, Standin};
 use embed_backfill::embedder::EmbedError;
 use embed_backfill::supabase::{Rest, RestError};
 use embed_backfill::worker::WorkerError;
@@ -68,14 +68,7 @@ async fn one_failing_batch(
     let pg = stack.pg().await;
     let archive = unique("permanent");
     insert_docs(&pg, "lovdata_documents", &archive, texts).await;
-    let (queue, _) = stack.fresh_queue(30, 5).await;
-    let opts = embed_backfill::dispatch::DispatchRequest {
-        archive: Some(archive),
-        ..Default::default()
-    }
-    .validate()
-    .unwrap();
-    let summary = stack.dispatcher(&queue).dispatch(&opts).await.unwrap();
+    let (queue, run_id) = stack.dispatch_fresh(&archive, 100).await;
     let mut msg = queue
         .receive(1, Duration::from_secs(2))
         .await
@@ -90,13 +83,7 @@ async fn one_failing_batch(
     let again = worker.handle(&msg, None).await.unwrap_err();
     assert!(matches!(again, WorkerError::FailedBefore(..)), "{again}");
     assert_eq!(standin.stats().await["requests"].as_u64(), Some(requests));
-    let run = stack
-        .stores()
-        .status
-        .run_status(summary.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stack.stores().status, run_id).await;
     (err, requests, run)
 }
 

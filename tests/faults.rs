@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{insert_docs, unique, vectors, PrivateRest, Stack, Standin};
+use common::{insert_docs, run_of, unique, vectors, PrivateRest, Stack, Standin};
 use embed_backfill::dispatch::{DispatchError, DispatchRequest};
 use embed_backfill::handlers::{self, HandlerError};
 use embed_backfill::queue::{BatchMessage, SqsQueue};
@@ -79,12 +79,7 @@ async fn poison_documents_fail_alone_and_the_rest_is_embedded() {
             );
         }
     }
-    let run = stores
-        .status
-        .run_status(summary.run_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, summary.run_id).await;
     assert_eq!(run.state, RunState::CompletedWithErrors);
     assert_eq!(
         (
@@ -185,16 +180,8 @@ async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
-    let (queue, _) = stack.fresh_queue(30, 5).await;
+    let (queue, run_id) = stack.dispatch_fresh(&archive, 3).await;
     let stores = stack.stores();
-    let summary = stack
-        .dispatcher(&queue)
-        .dispatch(&options(&format!(
-            r#"{{"archive": "{archive}", "batch_size": 3}}"#
-        )))
-        .await
-        .unwrap();
-    let run_id = summary.run_id.unwrap();
     // The messages are gone (expired dead letters) and one batch was left
     // `running` by a last delivery that crashed: nothing will come back alone.
     let gone = queue.receive(10, Duration::from_secs(2)).await.unwrap();
@@ -216,12 +203,7 @@ async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
         .unwrap();
     assert_eq!(queued, 2, "the running batch and the queued one");
     drain(&stack, &queue).await;
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!((run.batches_done, run.documents_embedded), (2, 6));
     assert_eq!(vectors(&pg, TABLE, &ids).await.len(), 6);
@@ -237,27 +219,14 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
-    let (queue, _) = stack.fresh_queue(30, 5).await;
+    let (queue, run_id) = stack.dispatch_fresh(&archive, 3).await;
     let stores = stack.stores();
-    let dispatcher = stack.dispatcher(&queue);
-    let summary = dispatcher
-        .dispatch(&options(&format!(
-            r#"{{"archive": "{archive}", "batch_size": 3}}"#
-        )))
-        .await
-        .unwrap();
-    let run_id = summary.run_id.unwrap();
 
     // A revoked key: every batch fails permanently, once, with a reason.
     let revoked = stack.with("OPENAI_API_KEY", "sk-revoked-000000000000");
     let tally = drain(&revoked, &queue).await;
     assert_eq!((tally.succeeded, tally.failed), (0, 3));
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     assert_eq!(run.state, RunState::CompletedWithErrors);
     assert_eq!(
         (run.batches_failed, run.documents_failed, run.batches_done),
@@ -275,12 +244,7 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
         .unwrap();
     assert_eq!(queued, 3);
     drain(&stack, &queue).await;
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.batches_failed, run.documents_failed, run.batches_done),
@@ -342,12 +306,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     assert_eq!(stack.queue_depth(queue.url()).await, 0);
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     assert_eq!(
         (run.batches_failed, run.documents_failed),
         (1, 2),
@@ -368,12 +327,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
     assert_eq!(report.moved, 1);
     assert_eq!((report.skipped, report.unreadable), (1, 1));
     drain(&stack, &queue).await;
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (
@@ -416,12 +370,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
         // A dispatcher that died after saving a page but before queueing it:
         // the continuation must queue that page, and page on after it.
         if hops == 2 {
-            let status = stores
-                .status
-                .run_status(Some(run_id))
-                .await
-                .unwrap()
-                .unwrap();
+            let status = run_of(&stores.status, run_id).await;
             let after = status.cursor_id.unwrap().0;
             let next_ids: Vec<i64> = ids
                 .iter()
@@ -475,12 +424,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
     assert_eq!(rows.len() as u64, answer.summary.batches);
     let tally = drain(&stack, &queue).await;
     assert_eq!(tally.failed, 0);
-    let run = stores
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stores.status, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.documents_embedded, run.batches_done),
@@ -550,12 +494,7 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
             .get(0);
         assert!(cut > 0, "the server held no database sessions to cut");
         for _ in 0..120 {
-            let run = stores
-                .status
-                .run_status(summary.run_id)
-                .await
-                .unwrap()
-                .unwrap();
+            let run = run_of(&stores.status, summary.run_id).await;
             if run.state.is_finished() {
                 return run;
             }

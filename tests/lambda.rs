@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{insert_docs, repo_root, sample_texts, unique, vectors, Stack};
+use common::{insert_docs, repo_root, run_of, sample_texts, unique, vectors, Stack};
 use embed_backfill::status::RunState;
 use embed_backfill::{handlers, invoke};
 use std::collections::HashMap;
@@ -440,14 +440,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
     .unwrap();
     let status = stack.stores().status;
     let started = Instant::now();
-    while status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap()
-        .state
-        == RunState::Dispatching
-    {
+    while run_of(&status, run_id).await.state == RunState::Dispatching {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the asynchronous continuation never finished the dispatch"
@@ -462,13 +455,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
         .unwrap_or_else(|e| panic!("continue: {e}"));
     assert_eq!(rest["complete"], true, "{rest}");
     assert_eq!(deliver(&stack, &lambda, &queue_url).await, (batches, 0));
-    let run = stack
-        .stores()
-        .status
-        .run_status(Some(run_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = run_of(&stack.stores().status, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.total_batches as usize, run.batches_done as usize),

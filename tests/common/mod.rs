@@ -6,8 +6,10 @@
 use aws_sdk_sqs::types::QueueAttributeName;
 use embed_backfill::config::Env;
 use embed_backfill::dispatch::Dispatcher;
+use embed_backfill::ids::RunId;
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::setup;
+use embed_backfill::status::{RunStatus, StatusStore};
 use embed_backfill::worker::Worker;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -96,6 +98,25 @@ impl Stack {
                 .expect("connect to the stack's Postgres");
         tokio::spawn(conn);
         client
+    }
+
+    /// Dispatches `archive` in batches of `batch_size` into a fresh queue; the
+    /// queue and the run.
+    pub async fn dispatch_fresh(&self, archive: &str, batch_size: u32) -> (SqsQueue, RunId) {
+        let (queue, _) = self.fresh_queue(30, 5).await;
+        let opts = embed_backfill::dispatch::DispatchRequest {
+            archive: Some(archive.to_string()),
+            batch_size: Some(batch_size),
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid dispatch options");
+        let summary = self
+            .dispatcher(&queue)
+            .dispatch(&opts)
+            .await
+            .expect("dispatch");
+        (queue, summary.run_id.expect("a real dispatch has a run"))
     }
 
     /// A fresh queue and dead-letter queue on the stack's SQS, so tests do not
@@ -213,6 +234,15 @@ impl Stack {
             .map(|v| v.as_f64().expect("number") as f32)
             .collect()
     }
+}
+
+/// The run's status row, which the test expects to exist.
+pub async fn run_of(status: &StatusStore, id: impl Into<Option<RunId>>) -> RunStatus {
+    status
+        .run_status(id.into())
+        .await
+        .expect("run status")
+        .expect("the run exists")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
