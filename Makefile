@@ -7,7 +7,7 @@ SHELL := /bin/bash
 help:
 	@echo "make demo         start the local stack and backfill one archive end to end"
 	@echo "make test         start the local stack and run the whole test suite"
-	@echo "make stack        start Postgres+pgvector, postrust, moto and the embeddings stand-in (idempotent)"
+	@echo "make stack        start Postgres+pgvector, postrust behind a Supabase-shaped gateway, moto and the embeddings stand-in (idempotent)"
 	@echo "make stack-down   stop the local stack (data is kept; make stack-reset deletes it)"
 	@echo "make migrate      apply infra/migrations to DATABASE_URL (default: the local stack)"
 	@echo "make bench        the old script's loop against the pipeline, side by side; writes bench/results.md"

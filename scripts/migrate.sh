@@ -18,7 +18,37 @@ if [[ -z "$psql_bin" ]]; then
 fi
 [[ -n "$psql_bin" ]] || { echo "migrate: no psql found: run 'make tools' or install a PostgreSQL client" >&2; exit 2; }
 
-run_psql() { PGOPTIONS='-c client_min_messages=warning' "$psql_bin" "$url" -X -q -v ON_ERROR_STOP=1 "$@"; }
+# A migration that must lock a table the application is using waits at most
+# BACKFILL_LOCK_TIMEOUT for the lock, then gives up instead of queueing every
+# query on that table behind it. No statement timeout: an index built
+# concurrently on millions of rows may take minutes, and blocks nobody.
+lock_timeout="${BACKFILL_LOCK_TIMEOUT:-5s}"
+run_psql() {
+  PGOPTIONS="-c client_min_messages=warning -c lock_timeout=$lock_timeout -c statement_timeout=0" \
+    "$psql_bin" "$url" -X -q -v ON_ERROR_STOP=1 "$@"
+}
+
+# Runs one file, recording it; says what to do when a lock was not granted.
+apply() {
+  local f=$1 name=$2 out
+  local mode=(--single-transaction)
+  # CREATE INDEX CONCURRENTLY cannot run in a transaction block: such a file
+  # runs statement by statement and is recorded once all of them succeeded.
+  head -n 1 "$f" | grep -q '^-- migrate: no-transaction' && mode=()
+  if out="$(run_psql "${mode[@]}" -f "$f" -c "INSERT INTO public.backfill_schema_migrations (name) VALUES ('$name')" 2>&1)"; then
+    [[ -n "$out" ]] && echo "$out"
+    return 0
+  fi
+  echo "$out" >&2
+  if grep -q 'lock timeout' <<<"$out"; then
+    echo "migrate: gave up on $name: another session held a lock on a table it changes for more than $lock_timeout" >&2
+    echo "migrate: (a long query or an open transaction on it). Nothing of $name is recorded, and the application's" >&2
+    echo "migrate: queries were not held behind the migration. Find the session with" >&2
+    echo "migrate:   SELECT pid, state, xact_start, left(query, 80) FROM pg_stat_activity WHERE xact_start < now() - interval '$lock_timeout';" >&2
+    echo "migrate: then run scripts/migrate.sh again when it has ended, at a quiet time, or with a longer BACKFILL_LOCK_TIMEOUT." >&2
+  fi
+  exit 1
+}
 
 # Each file is applied once and recorded with it, in one transaction. The files
 # are idempotent too, so a database migrated by hand is safe to migrate again.
@@ -41,8 +71,7 @@ for f in "$root"/infra/migrations/*.sql; do
     continue
   fi
   echo "migrate: applying $name"
-  run_psql --single-transaction -f "$f" \
-    -c "INSERT INTO public.backfill_schema_migrations (name) VALUES ('$name')"
+  apply "$f" "$name"
   applied=$((applied + 1))
 done
 # PostgREST caches the schema; tell it to reload (harmless where nobody listens).

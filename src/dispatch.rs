@@ -6,11 +6,12 @@ use crate::documents::{DocumentStore, PagedDocument};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, Queue, QueueError};
-use crate::status::{BatchRef, CreatedRun, NewBatch, RunState, RunStatus, StatusStore};
+use crate::status::{BatchRef, BatchState, CreatedRun, NewBatch, RunState, RunStatus, StatusStore};
 use crate::supabase::RestError;
 use crate::tokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -369,7 +370,7 @@ impl<Q: Queue> Dispatcher<Q> {
         if status.state != RunState::Dispatching {
             return Ok(summary(&status, &opts, true));
         }
-        let pending = self.status.pending_batches(run).await?;
+        let pending = self.status.batches_in(run, &[BatchState::Pending]).await?;
         if !pending.is_empty() {
             let messages: Vec<BatchMessage> =
                 pending.iter().map(|b| BatchMessage::of(run, b)).collect();
@@ -446,19 +447,18 @@ impl<Q: Queue> Dispatcher<Q> {
             let started = Instant::now();
             let page = self
                 .docs
-                .page(
-                    opts.archive.as_deref(),
-                    cursor.after,
-                    page_size,
-                    estimator.is_none(),
-                )
+                .page(opts.archive.as_deref(), cursor.after, page_size)
                 .await?;
-            let Some(last) = page.last() else {
+            let Some(last) = page.rows.last() else {
                 return Ok(true);
             };
             let last_id = last.id;
-            let estimator = estimator.get_or_insert_with(|| TokenEstimator::calibrate(&page));
+            let estimator = match estimator {
+                Some(ref e) => e,
+                None => estimator.insert(self.calibrate(&page.rows).await?),
+            };
             let batches: Vec<NewBatch> = page
+                .rows
                 .chunks(opts.batch_size as usize)
                 .map(|chunk| {
                     let b = NewBatch {
@@ -488,21 +488,48 @@ impl<Q: Queue> Dispatcher<Q> {
             self.status.mark_queued(run, &seqs).await?;
             tracing::info!(
                 run_id = %run,
-                first_id = %page[0].id,
+                first_id = %page.rows[0].id,
                 last_id = %last_id,
-                documents = page.len(),
+                documents = page.rows.len(),
                 batches = batches.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "page queued"
             );
             if let Some(r) = cursor.remaining.as_mut() {
-                *r -= page.len() as u64;
+                *r -= page.rows.len() as u64;
             }
-            if (page.len() as u32) < page_size {
+            if !page.more {
                 return Ok(true);
             }
             cursor.after = Some(last_id);
         }
+    }
+
+    /// Counts the texts of the first page's first documents exactly, for the
+    /// estimate of the rest.
+    async fn calibrate(&self, page: &[PagedDocument]) -> Result<TokenEstimator, DispatchError> {
+        let sample: Vec<DocumentId> = page.iter().take(CALIBRATION_DOCS).map(|d| d.id).collect();
+        let mut exact = HashMap::with_capacity(sample.len());
+        let (mut tokens, mut bytes) = (0u64, 0u64);
+        self.docs
+            .for_each_missing(&sample, |d| {
+                let n = TokenEstimator::exact(&d.content);
+                // A text cut at the input limit says nothing about tokens per byte.
+                if n > 0 && n < tokens::MAX_INPUT_TOKENS as u64 {
+                    tokens += n;
+                    bytes += d.content.as_deref().map_or(0, |t| t.len() as u64);
+                }
+                exact.insert(d.id, n);
+            })
+            .await?;
+        Ok(TokenEstimator {
+            tokens_per_byte: if bytes == 0 {
+                TokenEstimator::FALLBACK
+            } else {
+                tokens as f64 / bytes as f64
+            },
+            exact,
+        })
     }
 
     /// Counts what a run would do from the real texts, and changes nothing.
@@ -519,21 +546,19 @@ impl<Q: Queue> Dispatcher<Q> {
             }
             let page = self
                 .docs
-                .page(opts.archive.as_deref(), cursor, page_size, true)
+                .page(opts.archive.as_deref(), cursor, page_size)
                 .await?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.rows.last() else { break };
             cursor = Some(last.id);
-            documents += page.len() as u64;
-            tokens_total += page
-                .iter()
-                .filter_map(|d| d.content.as_deref())
-                .filter(|t| !tokens::is_blank(t))
-                .map(|t| tokens::truncate(t, tokens::MAX_INPUT_TOKENS).tokens as u64)
-                .sum::<u64>();
+            documents += page.rows.len() as u64;
+            let ids: Vec<DocumentId> = page.rows.iter().map(|d| d.id).collect();
+            self.docs
+                .for_each_missing(&ids, |d| tokens_total += TokenEstimator::exact(&d.content))
+                .await?;
             if let Some(r) = remaining.as_mut() {
-                *r -= page.len() as u64;
+                *r -= page.rows.len() as u64;
             }
-            if (page.len() as u32) < page_size {
+            if !page.more {
                 break;
             }
         }
@@ -564,44 +589,39 @@ fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> Dispat
 }
 
 /// Estimates a real dispatch's tokens without reading every text: the first
-/// page is counted exactly with cl100k_base, and its tokens per character
-/// applied to the lengths of the rest. (A dry run counts every text.)
-#[derive(Clone, Copy, Debug)]
+/// page's first documents are counted exactly with cl100k_base, and their
+/// tokens per byte applied to the stored sizes of the rest. (A dry run counts
+/// every text.)
+#[derive(Clone, Debug)]
 struct TokenEstimator {
-    tokens_per_char: f64,
+    tokens_per_byte: f64,
+    exact: HashMap<DocumentId, u64>,
 }
 
+/// Texts the estimator reads: enough for a steady ratio, bounded whatever the
+/// batch size.
+const CALIBRATION_DOCS: usize = 1000;
+
 impl TokenEstimator {
-    /// OpenAI's rule of thumb, when the first page has no text to measure.
+    /// OpenAI's rule of thumb (4 characters a token) for ASCII text, when the
+    /// first page has no text to measure.
     const FALLBACK: f64 = 0.25;
 
-    fn calibrate(page: &[PagedDocument]) -> Self {
-        let (tokens, chars) = page
-            .iter()
-            .filter_map(|d| d.content.as_deref())
-            .filter(|t| !tokens::is_blank(t))
-            .map(|t| {
-                (
-                    tokens::truncate(t, tokens::MAX_INPUT_TOKENS),
-                    t.chars().count(),
-                )
-            })
-            .filter(|(p, _)| !p.truncated)
-            .fold((0usize, 0usize), |(t, c), (p, n)| (t + p.tokens, c + n));
-        Self {
-            tokens_per_char: if chars == 0 {
-                Self::FALLBACK
-            } else {
-                tokens as f64 / chars as f64
-            },
+    /// The tokens a text costs as the worker sends it: none when blank, at
+    /// most the input limit.
+    fn exact(text: &Option<String>) -> u64 {
+        match text.as_deref() {
+            Some(t) if !tokens::is_blank(t) => {
+                tokens::truncate(t, tokens::MAX_INPUT_TOKENS).tokens as u64
+            }
+            _ => 0,
         }
     }
 
     fn estimate(&self, doc: &PagedDocument) -> u64 {
-        match doc.content.as_deref() {
-            Some(t) if tokens::is_blank(t) => 0,
-            Some(t) => tokens::truncate(t, tokens::MAX_INPUT_TOKENS).tokens as u64,
-            None => ((f64::from(doc.chars) * self.tokens_per_char).ceil() as u64)
+        match self.exact.get(&doc.id) {
+            Some(&n) => n,
+            None => ((doc.bytes as f64 * self.tokens_per_byte).ceil() as u64)
                 .min(tokens::MAX_INPUT_TOKENS as u64),
         }
     }
@@ -650,27 +670,25 @@ mod tests {
         assert!(err("{").contains("not valid JSON"));
     }
 
-    fn doc(id: i64, content: Option<&str>, chars: u32) -> PagedDocument {
-        PagedDocument {
-            id: DocumentId(id),
-            chars,
-            content: content.map(String::from),
-        }
-    }
-
     #[test]
-    fn estimates_from_the_first_pages_ratio() {
+    fn estimates_from_the_samples_ratio() {
         let text = "Kommunen skal behandle søknaden innen fire uker. ".repeat(20);
-        let n = text.chars().count() as u32;
-        let first = [doc(1, Some(&text), n), doc(2, Some("  "), 2)];
-        let e = TokenEstimator::calibrate(&first);
         let exact = tokens::count(&text) as u64;
-        assert_eq!(e.estimate(&first[0]), exact);
-        assert_eq!(e.estimate(&first[1]), 0);
-        let later = e.estimate(&doc(3, None, n * 2));
+        assert_eq!(TokenEstimator::exact(&Some(text.clone())), exact);
+        assert_eq!(TokenEstimator::exact(&Some("  ".into())), 0);
+        assert_eq!(TokenEstimator::exact(&None), 0);
+        let e = TokenEstimator {
+            tokens_per_byte: exact as f64 / text.len() as f64,
+            exact: HashMap::from([(DocumentId(1), exact)]),
+        };
+        let doc = |id, bytes| PagedDocument {
+            id: DocumentId(id),
+            bytes,
+        };
+        assert_eq!(e.estimate(&doc(1, 1)), exact);
+        let later = e.estimate(&doc(3, text.len() as u64 * 2));
         assert!(later.abs_diff(exact * 2) <= 1, "{later} vs {}", exact * 2);
-        assert_eq!(e.estimate(&doc(4, None, 10_000_000)), 8191);
-        let empty = TokenEstimator::calibrate(&[]);
-        assert_eq!(empty.estimate(&doc(5, None, 400)), 100);
+        assert_eq!(e.estimate(&doc(4, 10_000_000)), 8191);
+        assert_eq!(e.estimate(&doc(5, 0)), 0);
     }
 }

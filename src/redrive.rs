@@ -6,7 +6,7 @@
 
 use crate::ids::RunId;
 use crate::queue::{BatchMessage, Queue, QueueError, SqsQueue};
-use crate::status::StatusStore;
+use crate::status::{BatchState, StatusStore};
 use crate::supabase::RestError;
 use serde::Serialize;
 use std::time::Duration;
@@ -83,11 +83,12 @@ pub async fn retry_failed<Q: Queue>(
     unfinished: bool,
 ) -> Result<u64, RetryError> {
     // A batch still in flight may be queued twice this way; it is counted once.
-    let failed = if unfinished {
-        status.unfinished_batches(run).await?
+    let states: &[BatchState] = if unfinished {
+        &BatchState::UNFINISHED
     } else {
-        status.failed_batches(run).await?
+        &[BatchState::Failed]
     };
+    let failed = status.batches_in(run, states).await?;
     let messages: Vec<BatchMessage> = failed.iter().map(|b| BatchMessage::of(run, b)).collect();
     queue.send(&messages).await?;
     Ok(messages.len() as u64)

@@ -1,5 +1,5 @@
 //! The status row of a run and the rows of its batches, changed only through
-//! the RPC functions of `infra/migrations/0004_backfill_rpc.sql`, which guard
+//! the RPC functions of `infra/migrations/`, which guard
 //! every state change so a batch delivered twice is counted once.
 
 use crate::documents::Target;
@@ -38,6 +38,9 @@ impl RunState {
     }
 }
 
+/// Batch references one call returns at most.
+const BATCH_REFS_PAGE: u32 = 1000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
@@ -51,6 +54,16 @@ pub enum BatchState {
 }
 
 impl BatchState {
+    /// The states of a batch that has not ended well: `failed` too, since a
+    /// failed batch can still be retried.
+    pub const UNFINISHED: [BatchState; 5] = [
+        BatchState::Pending,
+        BatchState::Queued,
+        BatchState::Running,
+        BatchState::Retrying,
+        BatchState::Failed,
+    ];
+
     pub fn is_done(self) -> bool {
         matches!(self, BatchState::Done | BatchState::DoneWithFailures)
     }
@@ -236,18 +249,33 @@ impl StatusStore {
             .await
     }
 
-    /// Every batch of the run that ended failed.
-    pub async fn failed_batches(&self, run: RunId) -> Result<Vec<BatchRef>, RestError> {
-        self.rest
-            .rpc("backfill_failed_batches", &json!({ "p_run_id": run }))
-            .await
-    }
-
-    /// Every batch of the run that has not ended, whatever its state.
-    pub async fn unfinished_batches(&self, run: RunId) -> Result<Vec<BatchRef>, RestError> {
-        self.rest
-            .rpc("backfill_unfinished_batches", &json!({ "p_run_id": run }))
-            .await
+    /// Every batch of the run in one of `states`, in order, paged so that no
+    /// answer is longer than the API's row cap could allow.
+    pub async fn batches_in(
+        &self,
+        run: RunId,
+        states: &[BatchState],
+    ) -> Result<Vec<BatchRef>, RestError> {
+        let mut all: Vec<BatchRef> = Vec::new();
+        loop {
+            let page: Vec<BatchRef> = self
+                .rest
+                .rpc(
+                    "backfill_batch_refs",
+                    &json!({
+                        "p_run_id": run,
+                        "p_states": states,
+                        "p_after_seq": all.last().map(|b| b.seq),
+                        "p_max_rows": BATCH_REFS_PAGE,
+                    }),
+                )
+                .await?;
+            let full = page.len() as u32 == BATCH_REFS_PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
     }
 
     /// Records a page of batches and the cursor after them, atomically.
@@ -262,13 +290,6 @@ impl StatusStore {
                 "backfill_add_batches",
                 &json!({ "p_run_id": run, "p_batches": batches, "p_cursor_id": cursor }),
             )
-            .await
-    }
-
-    /// Batches recorded but not yet confirmed sent to the queue.
-    pub async fn pending_batches(&self, run: RunId) -> Result<Vec<BatchRef>, RestError> {
-        self.rest
-            .rpc("backfill_pending_batches", &json!({ "p_run_id": run }))
             .await
     }
 

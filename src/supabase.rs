@@ -13,13 +13,12 @@ use thiserror::Error;
 /// The migration that creates each RPC function, so a missing one names its fix.
 /// The first match wins, so later migrations' functions come first.
 const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[
+    ("backfill_page_documents", "0007_supabase_limits.sql"),
+    ("backfill_fetch_documents", "0007_supabase_limits.sql"),
+    ("backfill_batch_refs", "0007_supabase_limits.sql"),
+    ("backfill_coverage", "0007_supabase_limits.sql"),
     ("backfill_create_run", "0005_backfill_guards.sql"),
-    ("backfill_failed_batches", "0005_backfill_guards.sql"),
     ("backfill_note_run_error", "0005_backfill_guards.sql"),
-    (
-        "backfill_unfinished_batches",
-        "0006_backfill_unfinished.sql",
-    ),
     ("backfill_", "0004_backfill_rpc.sql"),
 ];
 const MIGRATE_HINT: &str = "run scripts/migrate.sh with DATABASE_URL pointing at the database";
@@ -54,9 +53,20 @@ pub enum RestError {
         message: String,
         hint: Option<String>,
     },
+    #[error("{function} ran into the database's statement timeout {attempts} time(s) in a row (Supabase gives API calls 8 s). Lower --batch-size so each call does less, or give the API more time: ALTER ROLE authenticator SET statement_timeout = '30s'; NOTIFY pgrst, 'reload config'; then retry (`backfill retry-failed RUN_ID`, or `backfill dispatch --continue RUN_ID` for a dispatch). Server said: {message}")]
+    StatementTimeout {
+        function: String,
+        attempts: u32,
+        message: String,
+    },
     #[error("{function} answered with a body this version cannot read: {reason}")]
     Decode { function: String, reason: String },
 }
+
+/// Statement timeouts tried again within one call: a timeout can be a lock
+/// held for a moment or a busy database, but the same statement failing three
+/// times in a row will fail the same way on every delivery.
+const STATEMENT_TIMEOUT_ATTEMPTS: u32 = 3;
 
 impl RestError {
     /// Worth another try later: the service may come back, unlike a bad key or
@@ -64,18 +74,38 @@ impl RestError {
     pub fn is_transient(&self) -> bool {
         match self {
             RestError::Unreachable { .. } | RestError::Timeout { .. } => true,
-            RestError::Server { status, code, .. } => {
-                *status >= 500
-                    || *status == 408
-                    || *status == 429
-                    || code.starts_with("08")
-                    || code == "40001"
-                    || code == "40P01"
-                    || code == "57P01"
-            }
+            RestError::Server { status, code, .. } => match sqlstate_is_transient(code) {
+                Some(transient) => transient,
+                None => *status >= 500 || *status == 408 || *status == 429,
+            },
             _ => false,
         }
     }
+}
+
+/// What a Postgres error code says about trying again, where it says
+/// anything. PostgREST answers most database errors with HTTP 500, the
+/// backfill functions' own deliberate ones too (P0002 no such run, 55000 a
+/// run in the wrong state, 22023 a bad argument): the code, not the status,
+/// tells a database that is restarting from a call that will never succeed.
+fn sqlstate_is_transient(code: &str) -> Option<bool> {
+    let is_sqlstate = code.len() == 5 && !code.starts_with("PGRST");
+    if !is_sqlstate {
+        return None;
+    }
+    Some(matches!(
+        code,
+        // Connection lost, serialization failure, deadlock, lock_timeout,
+        // shutdown or start-up, out of resources.
+        c if c.starts_with("08")
+            || c.starts_with("53")
+            || c == "40001"
+            || c == "40P01"
+            || c == "55P03"
+            || c == "57P01"
+            || c == "57P02"
+            || c == "57P03"
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -146,8 +176,26 @@ impl Rest {
         args: &Value,
     ) -> Result<T, RestError> {
         let mut attempt = 1;
+        let mut timeouts = 0;
         loop {
             match self.rpc_once(function, args).await {
+                Err(RestError::StatementTimeout { message, .. }) => {
+                    timeouts += 1;
+                    if timeouts >= STATEMENT_TIMEOUT_ATTEMPTS {
+                        return Err(RestError::StatementTimeout {
+                            function: function.to_string(),
+                            attempts: timeouts,
+                            message,
+                        });
+                    }
+                    tracing::warn!(function, attempt = timeouts, error = %message, "Supabase call ran into the statement timeout; retrying");
+                    tokio::time::sleep(
+                        self.backoff
+                            .next_delay(timeouts, None, None, Duration::ZERO)
+                            .unwrap_or_default(),
+                    )
+                    .await;
+                }
                 Err(e) if e.is_transient() => {
                     match self.backoff.next_delay(attempt, None, None, Duration::ZERO) {
                         Some(delay) => {
@@ -228,6 +276,11 @@ impl Rest {
                 .unwrap_or("0004_backfill_rpc.sql")
         };
         match code.as_str() {
+            "57014" => RestError::StatementTimeout {
+                function: function.to_string(),
+                attempts: 1,
+                message,
+            },
             // Function missing from the schema cache: the RPC migration is not applied.
             "PGRST202" | "42883" if message.contains(function) => RestError::MissingMigration {
                 what: format!("the function {function}"),

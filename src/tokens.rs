@@ -10,6 +10,18 @@ use std::borrow::Cow;
 /// cookbook advises.
 pub const MAX_INPUT_TOKENS: usize = 8191;
 
+/// The longest cl100k_base token, in bytes (a run of 128 spaces; a unit test
+/// reads it from the vocabulary).
+pub const LONGEST_TOKEN_BYTES: usize = 128;
+
+/// The prefix of a text that always holds its first `MAX_INPUT_TOKENS` tokens:
+/// a token spans at most `LONGEST_TOKEN_BYTES` bytes and a character is at
+/// least one byte, so 8,191 tokens never span more characters than this
+/// (1,048,448). The database cuts texts to it before sending them, so a 50 MB
+/// text costs the worker 1 MB, and a realistic one (3-5 characters a token)
+/// is never cut there at all.
+pub const MAX_PREFIX_CHARS: usize = MAX_INPUT_TOKENS * LONGEST_TOKEN_BYTES;
+
 /// A text cut to fit one input, with its token count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prepared<'a> {
@@ -75,6 +87,25 @@ pub fn truncate(text: &str, limit: usize) -> Prepared<'_> {
     }
 }
 
+/// `truncate` for a text the caller owns: a text that fits is kept without a
+/// copy, a longer one is replaced by its cut, so the long original is freed.
+pub fn truncate_owned(text: String, limit: usize) -> Prepared<'static> {
+    let cut = truncate(&text, limit);
+    if cut.truncated {
+        return Prepared {
+            text: Cow::Owned(cut.text.into_owned()),
+            tokens: cut.tokens,
+            truncated: true,
+        };
+    }
+    let tokens = cut.tokens;
+    Prepared {
+        text: Cow::Owned(text),
+        tokens,
+        truncated: false,
+    }
+}
+
 /// Empty and whitespace-only texts are skipped: OpenAI rejects an empty input,
 /// and a vector of nothing would pollute search results.
 pub fn is_blank(text: &str) -> bool {
@@ -113,6 +144,25 @@ mod tests {
         let p = truncate(&text, 100);
         assert!(p.tokens <= 100);
         assert!(text.starts_with(p.text.as_ref()));
+    }
+
+    #[test]
+    fn the_longest_token_is_what_the_prefix_bound_assumes() {
+        let bpe = &bpe_openai::cl100k_base().bpe;
+        let longest = (0..bpe.num_tokens() as u32).map(|t| bpe.token_len(t)).max();
+        assert_eq!(longest, Some(LONGEST_TOKEN_BYTES));
+    }
+
+    #[test]
+    fn the_prefix_holds_the_input_limit_even_for_the_longest_tokens() {
+        // The worst case: nothing but the longest token, repeated.
+        let text = " ".repeat(MAX_PREFIX_CHARS + 10_000);
+        let prefix: String = text.chars().take(MAX_PREFIX_CHARS).collect();
+        let whole = truncate(&text, MAX_INPUT_TOKENS);
+        let cut = truncate(&prefix, MAX_INPUT_TOKENS);
+        assert_eq!((&whole.text, whole.tokens), (&cut.text, cut.tokens));
+        let owned = truncate_owned(prefix, MAX_INPUT_TOKENS);
+        assert_eq!((&owned.text, owned.tokens), (&whole.text, whole.tokens));
     }
 
     #[test]

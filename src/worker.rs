@@ -229,18 +229,20 @@ impl Worker {
             .unwrap_or(100) as usize;
 
         failpoint::crash_point("worker_after_begin");
-        let documents = self.docs.fetch_missing(&start.ids).await?;
-        report.fetched = documents.len();
+        // Texts come a bounded answer at a time and are cut to the input limit
+        // as they arrive, so a batch of huge texts never sits whole in memory.
+        let mut prepared: Vec<(DocumentId, tokens::Prepared<'static>)> = Vec::new();
+        self.docs
+            .for_each_missing(&start.ids, |d| {
+                report.fetched += 1;
+                if let Some(text) = d.content.filter(|t| !tokens::is_blank(t)) {
+                    prepared.push((d.id, tokens::truncate_owned(text, tokens::MAX_INPUT_TOKENS)));
+                }
+            })
+            .await?;
         report.fetch_ms = t.elapsed().as_millis() as u64;
 
         let t = StdInstant::now();
-        let prepared: Vec<(DocumentId, tokens::Prepared<'_>)> = documents
-            .iter()
-            .filter_map(|d| {
-                let text = d.content.as_deref().filter(|t| !tokens::is_blank(t))?;
-                Some((d.id, tokens::truncate(text, tokens::MAX_INPUT_TOKENS)))
-            })
-            .collect();
         report.truncated = prepared.iter().filter(|(_, p)| p.truncated).count();
         let counts: Vec<usize> = prepared.iter().map(|(_, p)| p.tokens).collect();
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];

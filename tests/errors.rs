@@ -10,7 +10,8 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn a_wrong_service_key_names_the_variable() {
-    let stack = Stack::load();
+    // Without SUPABASE_SECRET_KEY, which would win over the legacy key.
+    let stack = Stack::load().without("SUPABASE_SECRET_KEY");
     let wrong = stack.with(
         "SUPABASE_SERVICE_ROLE_KEY",
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLWRvZXMtbm90LW1hdGNo",
@@ -24,6 +25,25 @@ async fn a_wrong_service_key_names_the_variable() {
         !text.contains("c2lnbmF0dXJl"),
         "the key leaked into the error: {text}"
     );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_key_names_the_variable() {
+    let stack = Stack::load();
+    let wrong = stack.with(
+        "SUPABASE_SECRET_KEY",
+        "sb_secret_DoesNotMatchAnyKeyOfThisProject0",
+    );
+    let err = wrong.stores().docs.coverage(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RestError::Unauthorized { .. }), "{text}");
+    assert!(text.contains("SUPABASE_SECRET_KEY"), "{text}");
+    assert!(
+        !text.contains("AnyKeyOfThisProject0"),
+        "the key leaked: {text}"
+    );
+    // The legacy key in the environment is not tried instead.
+    assert!(!text.contains("SUPABASE_SERVICE_ROLE_KEY"), "{text}");
 }
 
 #[tokio::test]
@@ -146,7 +166,7 @@ async fn a_missing_column_names_the_migration() {
     .unwrap();
     let stack = stack.with("BACKFILL_TABLE", &table);
     let stores = stack.stores();
-    let err = stores.docs.page(None, None, 10, false).await.unwrap_err();
+    let err = stores.docs.page(None, None, 10).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
     assert!(text.contains("0002_add_vector_search.sql"), "{text}");
@@ -184,8 +204,15 @@ async fn an_unreachable_service_says_so() {
 #[tokio::test]
 async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
     let stack = Stack::load();
-    let base = stack.var("SUPABASE_URL");
+    let base = format!("{}/rest/v1", stack.var("SUPABASE_URL"));
     let anon = stack.var("SUPABASE_ANON_KEY");
+    let publishable = stack.var("SUPABASE_PUBLISHABLE_KEY");
+    // The legacy anon JWT (sent as apikey and bearer, as the old clients do)
+    // and the publishable key (apikey only) both reach the database as anon.
+    let callers = [
+        ("legacy anon key", anon.as_str(), Some(anon.as_str())),
+        ("publishable key", publishable.as_str(), None),
+    ];
     let http = reqwest::Client::new();
     // A row in each table, so an empty answer means hidden, not absent (dated
     // long ago, so no `backfill status` of another test takes it for the latest).
@@ -197,66 +224,112 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
     ))
     .await
     .unwrap();
-    for table in ["backfill_runs", "backfill_batches"] {
-        let resp = http
-            .get(format!("{base}/{table}?select=*&limit=1"))
-            .header("apikey", &anon)
-            .bearer_auth(&anon)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap();
-        assert!(
-            status == 401 || status == 403 || body.trim() == "[]",
-            "anon read {table}: {status} {body}"
-        );
-        assert!(status != 200 || body.trim() == "[]");
+    for (who, apikey, bearer) in callers {
+        for table in ["backfill_runs", "backfill_batches"] {
+            let mut req = http
+                .get(format!("{base}/{table}?select=*&limit=1"))
+                .header("apikey", apikey);
+            if let Some(b) = bearer {
+                req = req.bearer_auth(b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert!(
+                status == 401 || status == 403 || body.trim() == "[]",
+                "{who} read {table}: {status} {body}"
+            );
+            assert!(status != 200 || body.trim() == "[]");
+        }
     }
     pg.batch_execute(&format!("DELETE FROM backfill_runs WHERE id = '{hidden}'"))
         .await
         .unwrap();
+    // Each function with the arguments it requires as the database has it now
+    // (migrations change signatures), so postrust finds it and the call gets
+    // as far as the privilege check, with values of the right types (it refuses
+    // before it uses them).
     let run = uuid::Uuid::new_v4();
     let target = serde_json::json!({"schema":"public","table":"lovdata_documents","id":"id","content":"content","archive":"archive","embedding":"embedding"});
-    let calls = [
-        ("backfill_run_status", serde_json::json!({})),
-        (
-            "backfill_create_run",
-            serde_json::json!({"p_run_id": run, "p_params": {}, "p_price_per_million_tokens": 0.02}),
-        ),
-        (
-            "backfill_page_documents",
-            serde_json::json!({"p_target": target, "p_max_rows": 1, "p_with_content": true}),
-        ),
-        (
-            "backfill_complete_batch",
-            serde_json::json!({"p_target": target, "p_run_id": run, "p_seq": 0, "p_vectors": [], "p_tokens": 0, "p_failures": []}),
-        ),
-        (
-            "backfill_coverage",
-            serde_json::json!({"p_target": target, "p_archive": null}),
-        ),
-    ];
-    for (function, args) in calls {
-        let resp = http
-            .post(format!("{base}/rpc/{function}"))
-            .header("apikey", &anon)
-            .bearer_auth(&anon)
-            .json(&args)
-            .send()
+    let mut calls = Vec::new();
+    for function in [
+        "backfill_run_status",
+        "backfill_create_run",
+        "backfill_page_documents",
+        "backfill_complete_batch",
+        "backfill_coverage",
+    ] {
+        let required = pg
+            .query(
+                "WITH p AS (SELECT * FROM pg_proc WHERE proname = $1 AND pronamespace = 'public'::regnamespace ORDER BY oid DESC LIMIT 1)
+                 SELECT a.name, format_type((string_to_array(p.proargtypes::text, ' ')::oid[])[a.ord], NULL)
+                 FROM p CROSS JOIN LATERAL unnest(coalesce(p.proargnames, '{}')) WITH ORDINALITY AS a(name, ord)
+                 WHERE a.ord <= p.pronargs - p.pronargdefaults ORDER BY a.ord",
+                &[&function],
+            )
             .await
             .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap();
-        assert!(
-            status == 401 || status == 403,
-            "anon called {function}: {status} {body}"
-        );
-        assert!(body.contains("permission denied"), "{function}: {body}");
+        let args: serde_json::Map<String, serde_json::Value> = required
+            .iter()
+            .map(|r| {
+                let (name, kind): (String, String) = (r.get(0), r.get(1));
+                let value = match (name.as_str(), kind.as_str()) {
+                    ("p_target", _) => target.clone(),
+                    (_, "uuid") => serde_json::json!(run),
+                    (_, "jsonb" | "json") => serde_json::json!([]),
+                    (_, "integer" | "bigint" | "smallint" | "numeric") => serde_json::json!(1),
+                    (_, "boolean") => serde_json::json!(false),
+                    (_, k) if k.ends_with("[]") => serde_json::json!([1]),
+                    _ => serde_json::json!("x"),
+                };
+                (name, value)
+            })
+            .collect();
+        calls.push((function, serde_json::Value::Object(args)));
     }
-    // And the same call with the anon key through the client names the key.
-    let env_stack = stack.with("SUPABASE_SERVICE_ROLE_KEY", &anon);
-    let stores = env_stack.stores();
-    let err = stores.status.run_status(None).await.unwrap_err();
+    for (who, apikey, bearer) in callers {
+        for (function, args) in &calls {
+            let mut req = http
+                .post(format!("{base}/rpc/{function}"))
+                .header("apikey", apikey)
+                .json(args);
+            if let Some(b) = bearer {
+                req = req.bearer_auth(b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert!(
+                status == 401 || status == 403,
+                "{who} called {function}: {status} {body}"
+            );
+            assert!(body.contains("permission denied"), "{function}: {body}");
+        }
+    }
+    // And the same call with an anon key through the client names the key:
+    // the legacy one in SUPABASE_SERVICE_ROLE_KEY...
+    let env_stack = stack
+        .without("SUPABASE_SECRET_KEY")
+        .with("SUPABASE_SERVICE_ROLE_KEY", &anon);
+    let err = env_stack
+        .stores()
+        .status
+        .run_status(None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, RestError::Unauthorized { .. }), "{err}");
+    assert!(
+        err.to_string().contains("SUPABASE_SERVICE_ROLE_KEY"),
+        "{err}"
+    );
+    // ...and the publishable one in SUPABASE_SECRET_KEY.
+    let env_stack = stack.with("SUPABASE_SECRET_KEY", &publishable);
+    let err = env_stack
+        .stores()
+        .status
+        .run_status(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RestError::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("SUPABASE_SECRET_KEY"), "{err}");
 }

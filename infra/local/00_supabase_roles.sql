@@ -18,3 +18,11 @@ END $$;
 
 GRANT anon, authenticated, service_role TO authenticator;
 GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+
+-- Supabase's statement timeouts: API calls log in as authenticator (8 s, which
+-- service_role, having none of its own, runs under); anon 3 s; authenticated 8 s.
+-- postrust applies anon's and authenticated's through PGRST_ROLE_SETTINGS, which
+-- scripts/stack.sh builds from these (infra/local/postrust_role_settings.sql).
+ALTER ROLE authenticator SET statement_timeout = '8s';
+ALTER ROLE anon SET statement_timeout = '3s';
+ALTER ROLE authenticated SET statement_timeout = '8s';

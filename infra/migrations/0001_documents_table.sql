@@ -16,5 +16,5 @@ BEGIN
     END IF;
 END $$;
 
--- The dispatcher filters by archive; harmless where the index already exists.
-CREATE INDEX IF NOT EXISTS lovdata_documents_archive_idx ON public.lovdata_documents (archive);
+-- The indexes the backfill pages by are built in 0008, concurrently, so that
+-- this file never holds a lock on a table the application is using.

@@ -66,6 +66,14 @@ impl Stack {
         s
     }
 
+    /// The settings without `name`: e.g. without SUPABASE_SECRET_KEY, which
+    /// wins over SUPABASE_SERVICE_ROLE_KEY, to exercise the legacy key.
+    pub fn without(&self, name: &str) -> Self {
+        let mut s = self.clone();
+        s.vars.remove(name);
+        s
+    }
+
     pub fn env(&self) -> Env<impl Fn(&str) -> Option<String> + '_> {
         Env(move |name: &str| self.vars.get(name).cloned())
     }
@@ -422,13 +430,132 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A private PostgREST-compatible server over the stack's database, for tests
-/// that restart it without disturbing the others.
+/// Where the debug builds of the devstack binaries are (`make stack` builds them).
+fn devstack_bin(name: &str) -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"))
+        .join("debug")
+        .join(name)
+}
+
+/// A private Supabase-shaped gateway (devstack's `supabase-gateway`) in front
+/// of `upstream`, with the stack's keys and its own row cap and counters.
+pub struct Gateway {
+    child: Child,
+    port: u16,
+    pub upstream: String,
+    pub max_rows: usize,
+}
+
+impl Gateway {
+    pub fn spawn(stack: &Stack, upstream: &str, max_rows: usize) -> Self {
+        let bin = devstack_bin("supabase-gateway");
+        let port = free_port();
+        // The keys go in the environment, as scripts/stack.sh passes them.
+        let mut child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", upstream])
+            .args(["--max-rows", &max_rows.to_string()])
+            .env("SUPABASE_JWT_SECRET", stack.var("SUPABASE_JWT_SECRET"))
+            .env("SUPABASE_SECRET_KEY", stack.var("SUPABASE_SECRET_KEY"))
+            .env(
+                "SUPABASE_PUBLISHABLE_KEY",
+                stack.var("SUPABASE_PUBLISHABLE_KEY"),
+            )
+            .env("GATEWAY_DATABASE_URL", stack.var("DATABASE_URL"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {}: {e} (build it with `cargo build -p devstack`)",
+                    bin.display()
+                )
+            });
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self {
+                    child,
+                    port,
+                    upstream: upstream.to_string(),
+                    max_rows,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("supabase-gateway did not start on port {port}");
+    }
+
+    /// The project URL (SUPABASE_URL); PostgREST is under `/rest/v1`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `{"requests": {"/rpc/NAME": n, ...}, "statuses": {"200": n}, "cut": n, ...}`
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/_stack/stats", self.url()))
+            .await
+            .expect("gateway stats")
+            .json()
+            .await
+            .expect("gateway stats json")
+    }
+
+    /// Calls of one path (`/rpc/NAME`, `/TABLE`) since the start or the last reset.
+    pub async fn calls(&self, path: &str) -> u64 {
+        self.stats().await["requests"][path].as_u64().unwrap_or(0)
+    }
+
+    pub async fn reset_stats(&self) {
+        reqwest::Client::new()
+            .post(format!("{}/_stack/stats/reset", self.url()))
+            .send()
+            .await
+            .expect("reset gateway stats")
+            .error_for_status()
+            .expect("reset gateway stats");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// postrust's PGRST_ROLE_SETTINGS (the roles' statement timeouts) from the
+/// stack's database, as scripts/stack.sh builds it. Blocking, so the spawn
+/// helpers can stay plain functions inside async tests.
+pub fn postrust_role_settings(stack: &Stack) -> String {
+    let url = stack.var("DATABASE_URL");
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(devstack::gateway::postrust_role_settings(&url))
+            .expect("read the roles' settings")
+    })
+    .join()
+    .expect("role settings thread")
+}
+
+/// A private PostgREST-compatible server over the stack's database behind a
+/// private gateway, for tests that restart it without disturbing the others.
+/// `url()` is the gateway's (a SUPABASE_URL); `stop()` and `start()` stop and
+/// start postrust only, so the gateway answers 502 meanwhile, as Supabase's does.
 pub struct PrivateRest {
     child: Option<Child>,
     port: u16,
     db_url: String,
     jwt_secret: String,
+    role_settings: String,
+    pub gateway: Gateway,
 }
 
 impl PrivateRest {
@@ -439,18 +566,42 @@ impl PrivateRest {
     /// Connects to the database as another role, so a test can cut this
     /// server's database sessions without touching anyone else's.
     pub fn spawn_with_db(stack: &Stack, db_url: &str) -> Self {
+        let port = free_port();
+        let upstream = format!("http://127.0.0.1:{port}");
+        let max_rows = stack
+            .vars
+            .get("STACK_MAX_ROWS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
         let mut r = Self {
             child: None,
-            port: free_port(),
+            port,
             db_url: db_url.to_string(),
             jwt_secret: stack.var("SUPABASE_JWT_SECRET"),
+            role_settings: postrust_role_settings(stack),
+            gateway: Gateway::spawn(stack, &upstream, max_rows),
         };
         r.start();
         r
     }
 
+    /// The gateway in front of this server: use it as SUPABASE_URL.
     pub fn url(&self) -> String {
+        self.gateway.url()
+    }
+
+    /// postrust itself, without the gateway.
+    pub fn upstream_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The gateway's counts of the requests it passed to this server.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.gateway.stats().await
+    }
+
+    pub async fn reset_stats(&self) {
+        self.gateway.reset_stats().await
     }
 
     pub fn start(&mut self) {
@@ -463,6 +614,7 @@ impl PrivateRest {
             .env("PGRST_SERVER_PORT", self.port.to_string())
             .env("PGRST_DB_SCHEMAS", "public")
             .env("PGRST_COMPAT_MODE", "true")
+            .env("PGRST_ROLE_SETTINGS", &self.role_settings)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
