@@ -240,6 +240,9 @@ pub struct DispatchSummary {
     /// False when the dispatch stopped at its deadline: continue it with
     /// `{"continue_run": run_id}`.
     pub complete: bool,
+    /// Batches a continuation sent again: recorded, but never confirmed queued.
+    #[serde(default)]
+    pub resent_batches: u64,
 }
 
 #[derive(Debug, Error)]
@@ -256,21 +259,30 @@ pub enum DispatchError {
     NoOptions(RunId),
 }
 
-impl DispatchError {
-    /// Worth continuing the run later: the stop was not the run's fault.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            DispatchError::Rest(e) => e.is_transient(),
-            DispatchError::Queue(QueueError::Send { .. }) => true,
-            _ => false,
-        }
-    }
-}
-
 /// Ids read per page: several batches, so each page is one status RPC.
 const PAGE_BATCHES: u32 = 10;
 /// Time a page may take; a dispatch with less left stops and asks to be continued.
 const PAGE_MARGIN: Duration = Duration::from_secs(20);
+/// Time kept back from the deadline to record where the dispatch stands and
+/// answer (at most a quarter of what is left, for short deadlines).
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// Runs `work` until the invocation must answer; `None` when it was cut off.
+/// Every step of a dispatch is safe to cut anywhere: a page's batches and its
+/// cursor are saved together, and a batch saved but not confirmed queued is
+/// sent again by the continuation.
+async fn before_deadline<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let Some(d) = deadline else {
+        return Some(work.await);
+    };
+    let left = d.saturating_duration_since(Instant::now());
+    tokio::time::timeout_at(d - ANSWER_MARGIN.min(left / 4), work)
+        .await
+        .ok()
+}
 
 pub struct Dispatcher<Q> {
     docs: DocumentStore,
@@ -367,24 +379,70 @@ impl<Q: Queue> Dispatcher<Q> {
             .cloned()
             .and_then(|o| serde_json::from_value(o).ok())
             .ok_or(DispatchError::NoOptions(run))?;
+        // An older version ended a dispatch that met a permanent error `failed`.
+        let status = if status.state == RunState::Failed && status.dispatched_at.is_none() {
+            self.status.resume_dispatch(run).await?
+        } else {
+            status
+        };
         if status.state != RunState::Dispatching {
             return Ok(summary(&status, &opts, true));
         }
-        let pending = self.status.batches_in(run, &[BatchState::Pending]).await?;
-        if !pending.is_empty() {
-            let messages: Vec<BatchMessage> =
-                pending.iter().map(|b| BatchMessage::of(run, b)).collect();
-            self.queue.send(&messages).await?;
-            let seqs: Vec<BatchSeq> = pending.iter().map(|b| b.seq).collect();
-            self.status.mark_queued(run, &seqs).await?;
-            tracing::info!(run_id = %run, batches = pending.len(), "pending batches queued again");
-        }
+        let resent = match before_deadline(deadline, self.resend_pending(run)).await {
+            None => return self.stopped_at_deadline(run, &opts).await,
+            Some(Err(e)) => return Err(self.stopped(run, e).await),
+            Some(Ok(n)) => n,
+        };
         let cursor = Cursor {
             after: status.cursor_id.or(opts.resume_from_id),
             seq: status.next_seq,
             remaining: opts.limit.map(|l| l.saturating_sub(status.total_documents)),
         };
-        self.page_and_finish(run, &opts, cursor, deadline).await
+        let mut answer = self.page_and_finish(run, &opts, cursor, deadline).await?;
+        answer.resent_batches = resent;
+        Ok(answer)
+    }
+
+    /// Sends the batches recorded but never confirmed queued; how many.
+    async fn resend_pending(&self, run: RunId) -> Result<u64, DispatchError> {
+        let pending = self.status.batches_in(run, &[BatchState::Pending]).await?;
+        for chunk in pending.chunks(PAGE_BATCHES as usize * 10) {
+            let messages: Vec<BatchMessage> =
+                chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
+            self.queue.send(&messages).await?;
+            let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
+            self.status.mark_queued(run, &seqs).await?;
+        }
+        if !pending.is_empty() {
+            tracing::info!(run_id = %run, batches = pending.len(), "pending batches queued again");
+        }
+        Ok(pending.len() as u64)
+    }
+
+    /// Notes why the dispatch stopped on the run, which stays `dispatching`
+    /// whatever the cause, so `--continue` can finish it once the cause is
+    /// fixed (a rotated key, a missing grant) or has passed.
+    async fn stopped(&self, run: RunId, e: DispatchError) -> DispatchError {
+        let note =
+            format!("dispatch stopped: {e}; continue it with `backfill dispatch --continue {run}`");
+        if let Err(fail) = self.status.note_run_error(run, &note).await {
+            tracing::error!(run_id = %run, error = %fail, "could not record why the dispatch stopped");
+        }
+        e
+    }
+
+    async fn stopped_at_deadline(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+    ) -> Result<DispatchSummary, DispatchError> {
+        tracing::info!(run_id = %run, "deadline near: stopping; continue with {{\"continue_run\": \"{run}\"}}");
+        let status = self
+            .status
+            .run_status(Some(run))
+            .await?
+            .ok_or(DispatchError::UnknownRun(run))?;
+        Ok(summary(&status, opts, false))
     }
 
     async fn page_and_finish(
@@ -394,32 +452,15 @@ impl<Q: Queue> Dispatcher<Q> {
         cursor: Cursor,
         deadline: Option<Instant>,
     ) -> Result<DispatchSummary, DispatchError> {
-        let complete = match self.page_into_batches(run, opts, cursor, deadline).await {
-            Ok(complete) => complete,
-            Err(e) => {
-                // Queued batches are worked either way. A transient stop leaves the run
-                // dispatching, to be continued; a permanent one ends it as failed.
-                let recorded = if e.is_transient() {
-                    self.status.note_run_error(run, &e.to_string()).await
-                } else {
-                    self.status.fail_run(run, &e.to_string()).await
-                };
-                if let Err(fail) = recorded {
-                    tracing::error!(run_id = %run, error = %fail, "could not record why the dispatch stopped");
-                }
-                return Err(e);
-            }
-        };
-        let status = if complete {
-            self.status.finish_dispatch(run).await?
-        } else {
-            tracing::info!(run_id = %run, "deadline near: stopping; continue with {{\"continue_run\": \"{run}\"}}");
-            self.status
-                .run_status(Some(run))
-                .await?
-                .ok_or(DispatchError::UnknownRun(run))?
-        };
-        Ok(summary(&status, opts, complete))
+        match self.page_into_batches(run, opts, cursor, deadline).await {
+            Ok(true) => Ok(summary(
+                &self.status.finish_dispatch(run).await?,
+                opts,
+                true,
+            )),
+            Ok(false) => self.stopped_at_deadline(run, opts).await,
+            Err(e) => Err(self.stopped(run, e).await),
+        }
     }
 
     /// Pages until done (true) or until `deadline` is near (false). Each page's
@@ -444,65 +485,82 @@ impl<Q: Queue> Dispatcher<Q> {
                 return Ok(false);
             }
             first_page = false;
-            let started = Instant::now();
-            let page = self
-                .docs
-                .page(opts.archive.as_deref(), cursor.after, page_size)
-                .await?;
-            let Some(last) = page.rows.last() else {
-                return Ok(true);
-            };
-            let last_id = last.id;
-            let estimator = match estimator {
-                Some(ref e) => e,
-                None => estimator.insert(self.calibrate(&page.rows).await?),
-            };
-            let batches: Vec<NewBatch> = page
-                .rows
-                .chunks(opts.batch_size as usize)
-                .map(|chunk| {
-                    let b = NewBatch {
-                        seq: BatchSeq(cursor.seq),
-                        ids: chunk.iter().map(|d| d.id).collect(),
-                        estimated_tokens: chunk.iter().map(|d| estimator.estimate(d)).sum(),
-                    };
-                    cursor.seq += 1;
-                    b
-                })
-                .collect();
-            self.status.add_batches(run, &batches, last_id).await?;
-            failpoint::crash_point("dispatch_after_save");
-            let refs: Vec<BatchRef> = batches
-                .iter()
-                .map(|b| BatchRef {
-                    seq: b.seq,
-                    first_id: b.ids[0],
-                    last_id: b.ids[b.ids.len() - 1],
-                })
-                .collect();
-            let messages: Vec<BatchMessage> =
-                refs.iter().map(|b| BatchMessage::of(run, b)).collect();
-            self.queue.send(&messages).await?;
-            failpoint::crash_point("dispatch_after_send");
-            let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
-            self.status.mark_queued(run, &seqs).await?;
-            tracing::info!(
-                run_id = %run,
-                first_id = %page.rows[0].id,
-                last_id = %last_id,
-                documents = page.rows.len(),
-                batches = batches.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "page queued"
-            );
-            if let Some(r) = cursor.remaining.as_mut() {
-                *r -= page.rows.len() as u64;
+            let page = self.dispatch_page(run, opts, &mut cursor, &mut estimator, page_size);
+            match before_deadline(deadline, page).await {
+                None => return Ok(false),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(false)) => return Ok(true),
+                Some(Ok(true)) => {}
             }
-            if !page.more {
-                return Ok(true);
-            }
-            cursor.after = Some(last_id);
         }
+    }
+
+    /// Pages, records and queues one page of batches; false when nothing lies
+    /// beyond it. The batches and the cursor after them are saved before the
+    /// messages are sent.
+    async fn dispatch_page(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+        cursor: &mut Cursor,
+        estimator: &mut Option<TokenEstimator>,
+        page_size: u32,
+    ) -> Result<bool, DispatchError> {
+        let started = Instant::now();
+        let page = self
+            .docs
+            .page(opts.archive.as_deref(), cursor.after, page_size)
+            .await?;
+        let Some(last) = page.rows.last() else {
+            return Ok(false);
+        };
+        let last_id = last.id;
+        let estimator = match estimator {
+            Some(e) => e,
+            None => estimator.insert(self.calibrate(&page.rows).await?),
+        };
+        let batches: Vec<NewBatch> = page
+            .rows
+            .chunks(opts.batch_size as usize)
+            .map(|chunk| {
+                let b = NewBatch {
+                    seq: BatchSeq(cursor.seq),
+                    ids: chunk.iter().map(|d| d.id).collect(),
+                    estimated_tokens: chunk.iter().map(|d| estimator.estimate(d)).sum(),
+                };
+                cursor.seq += 1;
+                b
+            })
+            .collect();
+        self.status.add_batches(run, &batches, last_id).await?;
+        failpoint::crash_point("dispatch_after_save");
+        let refs: Vec<BatchRef> = batches
+            .iter()
+            .map(|b| BatchRef {
+                seq: b.seq,
+                first_id: b.ids[0],
+                last_id: b.ids[b.ids.len() - 1],
+            })
+            .collect();
+        let messages: Vec<BatchMessage> = refs.iter().map(|b| BatchMessage::of(run, b)).collect();
+        self.queue.send(&messages).await?;
+        failpoint::crash_point("dispatch_after_send");
+        let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
+        self.status.mark_queued(run, &seqs).await?;
+        tracing::info!(
+            run_id = %run,
+            first_id = %page.rows[0].id,
+            last_id = %last_id,
+            documents = page.rows.len(),
+            batches = batches.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "page queued"
+        );
+        if let Some(r) = cursor.remaining.as_mut() {
+            *r -= page.rows.len() as u64;
+        }
+        cursor.after = Some(last_id);
+        Ok(page.more)
     }
 
     /// Counts the texts of the first page's first documents exactly, for the
@@ -571,12 +629,14 @@ impl<Q: Queue> Dispatcher<Q> {
             estimated_tokens: tokens_total,
             estimated_cost_usd: cost::cost_usd(tokens_total, &self.model),
             complete: true,
+            resent_batches: 0,
         })
     }
 }
 
 fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> DispatchSummary {
     DispatchSummary {
+        resent_batches: 0,
         run_id: Some(status.id),
         dry_run: false,
         archive: opts.archive.clone(),

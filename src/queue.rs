@@ -150,15 +150,16 @@ impl SqsQueue {
         &self.url
     }
 
-    /// Messages (visible, in flight) by the queue's approximate counts.
-    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
+    /// Numeric queue attributes, 0 where absent.
+    async fn numbers<const N: usize>(
+        &self,
+        names: [aws_sdk_sqs::types::QueueAttributeName; N],
+    ) -> Result<[u64; N], QueueError> {
         let attrs = self
             .client
             .get_queue_attributes()
             .queue_url(&self.url)
-            .attribute_names(A::ApproximateNumberOfMessages)
-            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .set_attribute_names(Some(names.to_vec()))
             .send()
             .await
             .map_err(|e| QueueError::Receive {
@@ -167,11 +168,26 @@ impl SqsQueue {
             })?
             .attributes
             .unwrap_or_default();
-        let count = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok((
-            count(A::ApproximateNumberOfMessages),
-            count(A::ApproximateNumberOfMessagesNotVisible),
-        ))
+        Ok(names.map(|a| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0)))
+    }
+
+    /// How long a received message stays hidden: the queue's default.
+    pub async fn visibility_timeout(&self) -> Result<Duration, QueueError> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let [secs] = self.numbers([A::VisibilityTimeout]).await?;
+        Ok(Duration::from_secs(secs))
+    }
+
+    /// Messages (visible, in flight) by the queue's approximate counts.
+    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let [visible, in_flight] = self
+            .numbers([
+                A::ApproximateNumberOfMessages,
+                A::ApproximateNumberOfMessagesNotVisible,
+            ])
+            .await?;
+        Ok((visible, in_flight))
     }
 
     /// Long-polls for up to `max` messages (1-10).

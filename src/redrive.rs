@@ -4,7 +4,7 @@
 //! queues a run's failed batches again from the status tables, even after the
 //! dead-letter queue's messages have expired.
 
-use crate::ids::RunId;
+use crate::ids::{BatchSeq, RunId};
 use crate::queue::{BatchMessage, Queue, QueueError, SqsQueue};
 use crate::status::{BatchState, StatusStore};
 use crate::supabase::RestError;
@@ -74,22 +74,34 @@ pub enum RetryError {
     Queue(#[from] QueueError),
 }
 
-/// Queues every batch of `run` that ended failed; returns how many. When one
-/// succeeds it moves from the failed counters to the done ones, counted once.
+/// Batches reopened and queued per round, so each call stays small.
+const RETRY_CHUNK: usize = 1000;
+
+/// Queues again every batch of `run` that ended failed, and every batch that
+/// ended with failed documents (only those still without a vector are worked
+/// again); with `unfinished`, also every batch that never ended. Each batch
+/// is taken out of the run's counters first, so its deliveries get the full
+/// retry budget and its documents count once, as embedded or as failed.
+/// Returns how many batches were queued.
 pub async fn retry_failed<Q: Queue>(
     status: &StatusStore,
     queue: &Q,
     run: RunId,
     unfinished: bool,
 ) -> Result<u64, RetryError> {
-    // A batch still in flight may be queued twice this way; it is counted once.
-    let states: &[BatchState] = if unfinished {
-        &BatchState::UNFINISHED
+    let mut states = vec![BatchState::DoneWithFailures];
+    if unfinished {
+        states.extend(BatchState::UNFINISHED);
     } else {
-        &[BatchState::Failed]
-    };
-    let failed = status.batches_in(run, states).await?;
-    let messages: Vec<BatchMessage> = failed.iter().map(|b| BatchMessage::of(run, b)).collect();
-    queue.send(&messages).await?;
-    Ok(messages.len() as u64)
+        states.push(BatchState::Failed);
+    }
+    // A batch still in flight may be queued twice this way; it is counted once.
+    let batches = status.batches_in(run, &states).await?;
+    for chunk in batches.chunks(RETRY_CHUNK) {
+        let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
+        status.reopen_batches(run, &seqs).await?;
+        let messages: Vec<BatchMessage> = chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
+        queue.send(&messages).await?;
+    }
+    Ok(batches.len() as u64)
 }

@@ -78,6 +78,15 @@ pub async fn consume_sqs(
     let counters = Counters::default();
     let stop = AtomicBool::new(false);
     let reached = AtomicBool::new(false);
+    // A batch's lease ends with the message's visibility timeout, so the
+    // message SQS brings back after a crash finds its batch free.
+    let worker = &match queue.visibility_timeout().await {
+        Ok(v) => worker.clone().with_lease_cap(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the queue's visibility timeout; batches are leased until each delivery's deadline");
+            worker.clone()
+        }
+    };
     let loops = (0..opts.concurrency.max(1)).map(|_| async {
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {

@@ -86,6 +86,10 @@ pub struct RunStatus {
     pub documents_skipped: u64,
     pub documents_failed: u64,
     pub tokens_used: u64,
+    /// Every token the API charged, failed and duplicated attempts too;
+    /// `actual_cost_usd` is its price.
+    #[serde(default)]
+    pub tokens_billed: u64,
     pub estimated_tokens: u64,
     pub estimated_cost_usd: f64,
     pub actual_cost_usd: f64,
@@ -162,6 +166,11 @@ pub struct BatchStart {
     pub attempts: u32,
     #[serde(default)]
     pub ids: Vec<DocumentId>,
+    /// Another delivery holds the batch until `leased_until`.
+    #[serde(default)]
+    pub leased: bool,
+    #[serde(default)]
+    pub leased_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -278,6 +287,25 @@ impl StatusStore {
         }
     }
 
+    /// Takes the batches that ended badly out of the counters, back to
+    /// `queued`, before their messages are sent again; how many it reopened.
+    pub async fn reopen_batches(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, RestError> {
+        self.rest
+            .rpc(
+                "backfill_reopen_batches",
+                &json!({ "p_run_id": run, "p_seqs": seqs }),
+            )
+            .await
+    }
+
+    /// Puts a run whose dispatch an older version ended `failed` back to
+    /// `dispatching`, so it can be continued.
+    pub async fn resume_dispatch(&self, run: RunId) -> Result<RunStatus, RestError> {
+        self.rest
+            .rpc("backfill_resume_dispatch", &json!({ "p_run_id": run }))
+            .await
+    }
+
     /// Records a page of batches and the cursor after them, atomically.
     pub async fn add_batches(
         &self,
@@ -308,20 +336,24 @@ impl StatusStore {
             .await
     }
 
-    pub async fn fail_run(&self, run: RunId, error: &str) -> Result<RunStatus, RestError> {
-        self.rest
-            .rpc(
-                "backfill_fail_run",
-                &json!({ "p_run_id": run, "p_error": error }),
-            )
-            .await
-    }
-
-    pub async fn begin_batch(&self, run: RunId, seq: BatchSeq) -> Result<BatchStart, RestError> {
+    /// Starts a delivery of the batch: takes its lease for `lease` unless
+    /// another delivery holds it, and reopens a failed batch on a fresh message.
+    pub async fn begin_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        receive_count: u32,
+        lease: std::time::Duration,
+    ) -> Result<BatchStart, RestError> {
         self.rest
             .rpc(
                 "backfill_begin_batch",
-                &json!({ "p_run_id": run, "p_seq": seq }),
+                &json!({
+                    "p_run_id": run,
+                    "p_seq": seq,
+                    "p_receive_count": receive_count,
+                    "p_lease_seconds": lease.as_secs_f64().ceil() as u64,
+                }),
             )
             .await
     }
@@ -357,11 +389,18 @@ impl StatusStore {
         seq: BatchSeq,
         error: &str,
         permanent: bool,
+        tokens_billed: u64,
     ) -> Result<FailureRecord, RestError> {
         self.rest
             .rpc(
                 "backfill_fail_batch",
-                &json!({ "p_run_id": run, "p_seq": seq, "p_error": error, "p_permanent": permanent }),
+                &json!({
+                    "p_run_id": run,
+                    "p_seq": seq,
+                    "p_error": error,
+                    "p_permanent": permanent,
+                    "p_tokens_billed": tokens_billed,
+                }),
             )
             .await
     }

@@ -14,6 +14,8 @@ use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use std::time::Instant as StdInstant;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -35,6 +37,8 @@ pub enum WorkerError {
     FailedBefore(RunId, BatchSeq),
     #[error("the batch did not finish before the invocation's deadline; SQS delivers it again")]
     OutOfTime,
+    #[error("batch {1} of run {0} is being worked by another delivery until {2}; SQS brings this one back after its visibility timeout")]
+    Leased(RunId, BatchSeq, String),
     #[error(transparent)]
     Rest(#[from] RestError),
     #[error(transparent)]
@@ -47,7 +51,7 @@ impl WorkerError {
         match self {
             WorkerError::Rest(e) => e.is_transient(),
             WorkerError::Embed(e) => e.is_retryable(),
-            WorkerError::OutOfTime => true,
+            WorkerError::OutOfTime | WorkerError::Leased(..) => true,
             _ => false,
         }
     }
@@ -84,7 +88,14 @@ pub struct Worker {
     status: StatusStore,
     embedder: Embedder,
     max_receive_count: u32,
+    /// The queue's visibility timeout, where it is shorter than a delivery's
+    /// deadline: a batch's lease must end by then, so that the message SQS
+    /// brings back after a crash finds its batch free.
+    lease_cap: Option<Duration>,
 }
+
+/// A delivery with no deadline holds its batch this long.
+const DEFAULT_LEASE: Duration = Duration::from_secs(900);
 
 impl Worker {
     pub fn new(
@@ -98,7 +109,27 @@ impl Worker {
             status,
             embedder,
             max_receive_count,
+            lease_cap: None,
         }
+    }
+
+    /// This worker, holding batches no longer than `visibility` (the queue's
+    /// visibility timeout). Lambda's visibility timeout is six times the
+    /// function's timeout, so there the deadline is the shorter of the two.
+    pub fn with_lease_cap(mut self, visibility: Duration) -> Self {
+        self.lease_cap = Some(visibility);
+        self
+    }
+
+    /// How long this delivery holds its batch: until its deadline, at most
+    /// the queue's visibility timeout.
+    fn lease(&self, deadline: Option<Instant>) -> Duration {
+        let until_deadline = deadline.map_or(DEFAULT_LEASE, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        self.lease_cap
+            .map_or(until_deadline, |cap| cap.min(until_deadline))
+            .max(Duration::from_secs(1))
     }
 
     /// Handles every message concurrently; each result stands alone, so one bad
@@ -118,9 +149,12 @@ impl Worker {
     ) -> Result<BatchReport, WorkerError> {
         let started = StdInstant::now();
         let parsed = BatchMessage::parse(&msg.body);
+        // Tokens of every request the API answered, kept outside the work so a
+        // failed or cut-off delivery still records what it was billed.
+        let billed = AtomicU64::new(0);
         let result = match &parsed {
             Ok(m) => {
-                let work = self.process(m, msg.receive_count, deadline);
+                let work = self.process(m, msg.receive_count, deadline, &billed);
                 // Every call inside has its own retries; this bounds them all, so
                 // the failure is recorded and answered before Lambda stops the process.
                 match deadline {
@@ -172,10 +206,17 @@ impl Worker {
                     WorkerError::UnknownRun(_)
                         | WorkerError::UnknownBatch(..)
                         | WorkerError::FailedBefore(..)
+                        | WorkerError::Leased(..)
                 ) {
                     if let Err(rec) = self
                         .status
-                        .fail_batch(m.run_id, m.batch, &e.to_string(), permanent)
+                        .fail_batch(
+                            m.run_id,
+                            m.batch,
+                            &e.to_string(),
+                            permanent,
+                            billed.load(Ordering::Relaxed),
+                        )
                         .await
                     {
                         tracing::error!(run_id = %m.run_id, batch = m.batch.0, error = %rec, "could not record the batch failure");
@@ -194,6 +235,7 @@ impl Worker {
         msg: &BatchMessage,
         receive_count: u32,
         deadline: Option<Instant>,
+        billed: &AtomicU64,
     ) -> Result<BatchReport, WorkerError> {
         let mut report = BatchReport {
             run_id: Some(msg.run_id),
@@ -203,7 +245,10 @@ impl Worker {
             ..Default::default()
         };
         let t = StdInstant::now();
-        let start = self.status.begin_batch(msg.run_id, msg.batch).await?;
+        let start = self
+            .status
+            .begin_batch(msg.run_id, msg.batch, receive_count, self.lease(deadline))
+            .await?;
         if !start.run_found {
             return Err(WorkerError::UnknownRun(msg.run_id));
         }
@@ -211,6 +256,15 @@ impl Worker {
             return Err(WorkerError::UnknownBatch(msg.run_id, msg.batch));
         }
         report.documents = start.ids.len();
+        if start.leased {
+            return Err(WorkerError::Leased(
+                msg.run_id,
+                msg.batch,
+                start
+                    .leased_until
+                    .map_or_else(|| "later".into(), |t| t.to_rfc3339()),
+            ));
+        }
         if start.state.is_some_and(|s| s.is_done()) {
             report.already_done = true;
             return Ok(report);
@@ -251,7 +305,7 @@ impl Worker {
         // how many are really in flight.
         let groups = batching::pack(&counts, per_request, batching::MAX_TOKENS_PER_REQUEST);
         let mut results = futures::stream::iter(groups)
-            .map(|g| self.embed_group(msg, &prepared, g, deadline))
+            .map(|g| self.embed_group(msg, &prepared, g, deadline, billed))
             .buffer_unordered(self.embedder.max_concurrent_requests());
         while let Some(group) = results.next().await {
             let group = group?;
@@ -304,6 +358,7 @@ impl Worker {
         prepared: &[(DocumentId, tokens::Prepared<'_>)],
         group: Range<usize>,
         deadline: Option<Instant>,
+        billed: &AtomicU64,
     ) -> Result<GroupResult, EmbedError> {
         let mut out = GroupResult::default();
         let mut todo = vec![group];
@@ -319,6 +374,7 @@ impl Worker {
             out.requests += 1;
             match self.embedder.embed(&inputs, tokens, deadline).await {
                 Ok(e) => {
+                    billed.fetch_add(e.prompt_tokens, Ordering::Relaxed);
                     out.tokens += e.prompt_tokens;
                     out.vectors.extend(range.zip(e.vectors));
                 }

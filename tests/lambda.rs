@@ -421,7 +421,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
     let late = insert_docs(&pg, &table, ARCHIVE, &more_refs).await;
     let dispatcher = stack.dispatcher(&queue);
     let event = serde_json::json!({"archive": ARCHIVE, "batch_size": 5});
-    let soon = Some(tokio::time::Instant::now() + Duration::from_millis(1));
+    let soon = Some(tokio::time::Instant::now() + Duration::from_secs(3));
     let partial = handlers::dispatch_event(&dispatcher, event, soon)
         .await
         .unwrap();

@@ -12,7 +12,9 @@
 //!   (PostgREST's `db-max-rows`), which postrust 3.1 does not apply to RPCs.
 //!
 //! `/_stack/stats` counts proxied requests per path, so tests can tell how
-//! often a function was called.
+//! often a function was called. `POST /_stack/faults` makes every answer
+//! slow (`{"latency_ms": 500}`) or every key refused, as after a rotation
+//! (`{"refuse_keys": true}`), until set back.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -437,6 +439,14 @@ struct Gateway {
     catalog: Arc<Catalog>,
     http: reqwest::Client,
     stats: Stats,
+    faults: Faults,
+}
+
+/// Faults a test turns on while the gateway runs.
+#[derive(Default)]
+struct Faults {
+    latency_ms: AtomicU64,
+    refuse_keys: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -673,7 +683,16 @@ async fn proxy(
     let header_key = headers
         .get("apikey")
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
-    let authorization = match gw.authorize(&headers, header_key.or(query_key.as_deref())) {
+    let latency = gw.faults.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let authorized = if gw.faults.refuse_keys.load(Ordering::Relaxed) {
+        Err(Refusal::InvalidKey)
+    } else {
+        gw.authorize(&headers, header_key.or(query_key.as_deref()))
+    };
+    let authorization = match authorized {
         Ok(a) => a,
         Err(refusal) => {
             gw.stats.rejected();
@@ -770,6 +789,17 @@ async fn reset_stats(State(gw): State<Arc<Gateway>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// `{"latency_ms": N, "refuse_keys": bool}`; a field left out is left as it is.
+async fn set_faults(State(gw): State<Arc<Gateway>>, Json(f): Json<Value>) -> StatusCode {
+    if let Some(ms) = f.get("latency_ms").and_then(Value::as_u64) {
+        gw.faults.latency_ms.store(ms, Ordering::Relaxed);
+    }
+    if let Some(refuse) = f.get("refuse_keys").and_then(Value::as_bool) {
+        gw.faults.refuse_keys.store(refuse, Ordering::Relaxed);
+    }
+    StatusCode::NO_CONTENT
+}
+
 /// The gateway's routes; starts reading the function list in the background.
 pub fn router(config: Config) -> anyhow::Result<Router> {
     config.validate()?;
@@ -800,11 +830,13 @@ pub fn router(config: Config) -> anyhow::Result<Router> {
         catalog,
         http,
         stats: Stats::default(),
+        faults: Faults::default(),
     });
     Ok(Router::new()
         .route("/_stack/health", get(|| async { "ok" }))
         .route("/_stack/stats", get(stats))
         .route("/_stack/stats/reset", post(reset_stats))
+        .route("/_stack/faults", post(set_faults))
         .fallback(proxy)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state))

@@ -282,8 +282,9 @@ async fn execute(cli: Cli) -> Result<()> {
                 );
             } else {
                 println!(
-                    "Queued {queued} failed batch(es) of run {} again",
-                    args.run_id
+                    "Queued {queued} batch(es) of run {} again (failed ones, ones with failed documents{})",
+                    args.run_id,
+                    if args.unfinished { ", unfinished ones" } else { "" }
                 );
             }
             Ok(())
@@ -448,6 +449,12 @@ fn print_summary(summary: &DispatchSummary, json: bool) -> Result<()> {
         Some(id) => println!("Run {id} dispatched ({what})"),
         None => println!("Dry run ({what}): nothing was written or queued"),
     }
+    if summary.resent_batches > 0 {
+        println!(
+            "  Re-sent:   {} batch(es) recorded but never confirmed queued",
+            summary.resent_batches
+        );
+    }
     println!("  Documents: {}", summary.documents);
     println!("  Batches:   {}", summary.batches);
     println!(
@@ -493,8 +500,8 @@ fn print_status(s: &RunStatus) {
         s.batches_failed
     );
     println!(
-        "  Tokens: {} (estimated {}) | Cost: ${:.4} (estimated ${:.4})",
-        s.tokens_used, s.estimated_tokens, s.actual_cost_usd, s.estimated_cost_usd
+        "  Tokens: {} for embedded documents, {} billed (estimated {}) | Cost: ${:.4} billed (estimated ${:.4})",
+        s.tokens_used, s.tokens_billed, s.estimated_tokens, s.actual_cost_usd, s.estimated_cost_usd
     );
     if let Some(e) = &s.last_error {
         println!("  Last error: {e}");

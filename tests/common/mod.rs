@@ -519,6 +519,17 @@ impl Gateway {
             .error_for_status()
             .expect("reset gateway stats");
     }
+    /// Turns faults on or off: `{"latency_ms": 500}`, `{"refuse_keys": true}`.
+    pub async fn faults(&self, faults: serde_json::Value) {
+        reqwest::Client::new()
+            .post(format!("{}/_stack/faults", self.url()))
+            .json(&faults)
+            .send()
+            .await
+            .expect("gateway faults")
+            .error_for_status()
+            .expect("gateway faults");
+    }
 }
 
 impl Drop for Gateway {

@@ -1,0 +1,267 @@
+-- Recovery that holds at scale: a retried batch gets the full retry budget, a
+-- failed document can be retried, a batch is worked by one delivery at a time,
+-- and every token the API charged is recorded.
+
+CREATE OR REPLACE FUNCTION public.backfill_schema_version()
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 9 $$;
+
+-- A delivery holds its batch until this time (its invocation's deadline); a
+-- second delivery meanwhile calls nothing and comes back later.
+ALTER TABLE public.backfill_batches ADD COLUMN IF NOT EXISTS leased_until timestamptz;
+
+-- Tokens the API charged for the run, failed and duplicated attempts too; the
+-- cost is what was billed, not what the embedded documents needed.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = 'public.backfill_runs'::regclass AND attname = 'tokens_billed' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE public.backfill_runs ADD COLUMN tokens_billed bigint NOT NULL DEFAULT 0;
+        UPDATE public.backfill_runs SET tokens_billed = tokens_used;
+        ALTER TABLE public.backfill_runs DROP COLUMN actual_cost_usd;
+        ALTER TABLE public.backfill_runs ADD COLUMN actual_cost_usd numeric
+            GENERATED ALWAYS AS (tokens_billed * price_per_million_tokens / 1000000) STORED;
+    END IF;
+END $$;
+
+-- Reopens a run that had settled, when one of its batches is worked again.
+CREATE OR REPLACE FUNCTION public.backfill_reopen_run(p_run_id uuid)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE public.backfill_runs SET state = 'running', finished_at = NULL, updated_at = now()
+    WHERE id = p_run_id AND state IN ('completed', 'completed_with_errors');
+$$;
+
+-- Takes a batch that ended badly back out of the run's counters, to be worked
+-- again: a `failed` one whole, a `done_with_failures` one for its failed and
+-- skipped documents (its embedded ones stay counted, and the next completion
+-- adds only what it writes). Called with the batch row locked.
+CREATE OR REPLACE FUNCTION public.backfill_uncount_batch(p_batch public.backfill_batches)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_batch.state = 'failed' THEN
+        UPDATE public.backfill_runs SET
+            batches_failed = batches_failed - 1,
+            documents_failed = documents_failed - p_batch.documents_failed,
+            updated_at = now()
+        WHERE id = p_batch.run_id;
+    ELSIF p_batch.state = 'done_with_failures' THEN
+        UPDATE public.backfill_runs SET
+            batches_done = batches_done - 1,
+            documents_failed = documents_failed - p_batch.documents_failed,
+            documents_skipped = documents_skipped - p_batch.documents_skipped,
+            updated_at = now()
+        WHERE id = p_batch.run_id;
+    ELSE
+        RETURN;
+    END IF;
+    UPDATE public.backfill_batches SET
+        documents_failed = 0, documents_skipped = 0, failed_documents = '[]',
+        finished_at = NULL, updated_at = now()
+    WHERE run_id = p_batch.run_id AND seq = p_batch.seq;
+    PERFORM public.backfill_reopen_run(p_batch.run_id);
+END $$;
+
+-- `backfill retry-failed`: the failed batches, and the done_with_failures ones
+-- whose failed documents still lack a vector, go back to `queued` (out of the
+-- counters) before their messages are sent, so every delivery of them gets the
+-- normal rules and the full retry budget. Returns how many were reopened.
+CREATE OR REPLACE FUNCTION public.backfill_reopen_batches(p_run_id uuid, p_seqs integer[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_batch public.backfill_batches;
+    v_count integer := 0;
+BEGIN
+    FOR v_batch IN
+        SELECT * FROM public.backfill_batches
+        WHERE run_id = p_run_id AND seq = ANY(p_seqs) AND state IN ('failed', 'done_with_failures')
+        ORDER BY seq FOR UPDATE
+    LOOP
+        PERFORM public.backfill_uncount_batch(v_batch);
+        UPDATE public.backfill_batches SET state = 'queued', updated_at = now()
+        WHERE run_id = p_run_id AND seq = v_batch.seq;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+DROP FUNCTION IF EXISTS public.backfill_begin_batch(uuid, integer);
+
+-- A worker's first call for a message. A batch that already ended is returned
+-- untouched, so a redelivered message costs no API call and counts nothing.
+-- A batch another delivery holds (its lease runs) is returned `leased`: this
+-- delivery calls nothing and SQS brings it back later. A failed batch on a
+-- fresh message (receive count 1: a redrive, or SQS's first delivery of a
+-- message queued again) is reopened and worked under the normal rules; on the
+-- message that failed it (receive count above 1) it stays failed.
+CREATE OR REPLACE FUNCTION public.backfill_begin_batch(
+    p_run_id uuid, p_seq integer, p_receive_count integer DEFAULT 1, p_lease_seconds integer DEFAULT 900)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_run public.backfill_runs;
+    v_batch public.backfill_batches;
+    v_leased boolean := false;
+BEGIN
+    SELECT * INTO v_run FROM public.backfill_runs WHERE id = p_run_id;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('run_found', false);
+    END IF;
+    SELECT * INTO v_batch FROM public.backfill_batches WHERE run_id = p_run_id AND seq = p_seq FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('run_found', true, 'batch_found', false, 'params', v_run.params);
+    END IF;
+    IF v_batch.state IN ('done', 'done_with_failures') THEN
+        NULL;
+    ELSIF v_batch.leased_until > now() THEN
+        v_leased := true;
+    ELSIF v_batch.state = 'failed' AND coalesce(p_receive_count, 1) > 1 THEN
+        NULL;
+    ELSE
+        PERFORM public.backfill_uncount_batch(v_batch);
+        UPDATE public.backfill_batches SET
+            attempts = attempts + 1,
+            state = 'running',
+            leased_until = now() + make_interval(secs => greatest(coalesce(p_lease_seconds, 900), 1)),
+            started_at = coalesce(started_at, now()),
+            updated_at = now()
+        WHERE run_id = p_run_id AND seq = p_seq
+        RETURNING * INTO v_batch;
+    END IF;
+    RETURN jsonb_build_object(
+        'run_found', true, 'batch_found', true, 'params', v_run.params,
+        'state', v_batch.state, 'attempts', v_batch.attempts, 'ids', to_jsonb(v_batch.ids),
+        'leased', v_leased, 'leased_until', v_batch.leased_until);
+END $$;
+
+DROP FUNCTION IF EXISTS public.backfill_complete_batch(jsonb, uuid, integer, jsonb, bigint, jsonb);
+
+-- Writes the batch's vectors, ends the batch and advances the run's counters in
+-- one transaction. The batch row is locked and its state checked first, so a
+-- batch delivered twice is counted once; its tokens are billed either way. A
+-- batch reopened for its failed documents keeps the documents it embedded
+-- before and adds what this completion writes.
+CREATE OR REPLACE FUNCTION public.backfill_complete_batch(
+    p_target jsonb, p_run_id uuid, p_seq integer, p_vectors jsonb, p_tokens bigint, p_failures jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_batch public.backfill_batches;
+    v_written integer;
+    v_failed integer := jsonb_array_length(coalesce(p_failures, '[]'));
+    v_skipped integer;
+    v_was_failed boolean;
+BEGIN
+    SELECT * INTO v_batch FROM public.backfill_batches WHERE run_id = p_run_id AND seq = p_seq FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'backfill batch %/% does not exist', p_run_id, p_seq USING ERRCODE = 'P0002';
+    END IF;
+    EXECUTE format(
+        'UPDATE %1$s t SET %2$s = x.embedding FROM jsonb_to_recordset($1) AS x(id bigint, embedding vector)'
+        ' WHERE t.%3$s = x.id AND t.%2$s IS NULL AND t.%3$s = ANY($2)',
+        public.backfill_table(p_target), public.backfill_ident(p_target, 'embedding'),
+        public.backfill_ident(p_target, 'id'))
+    USING p_vectors, v_batch.ids;
+    GET DIAGNOSTICS v_written = ROW_COUNT;
+    UPDATE public.backfill_runs SET tokens_billed = tokens_billed + p_tokens WHERE id = p_run_id;
+    IF v_batch.state IN ('done', 'done_with_failures') THEN
+        UPDATE public.backfill_batches SET leased_until = NULL WHERE run_id = p_run_id AND seq = p_seq;
+        RETURN jsonb_build_object('counted', false, 'written', v_written, 'state', v_batch.state);
+    END IF;
+    v_was_failed := v_batch.state = 'failed';
+    v_skipped := greatest(cardinality(v_batch.ids) - v_batch.documents_embedded - v_written - v_failed, 0);
+    UPDATE public.backfill_batches SET
+        state = CASE WHEN v_failed > 0 THEN 'done_with_failures' ELSE 'done' END,
+        documents_embedded = documents_embedded + v_written,
+        documents_skipped = v_skipped,
+        documents_failed = v_failed,
+        tokens = tokens + p_tokens,
+        failed_documents = coalesce(p_failures, '[]'),
+        error = NULL,
+        leased_until = NULL,
+        finished_at = now(),
+        updated_at = now()
+    WHERE run_id = p_run_id AND seq = p_seq;
+    UPDATE public.backfill_runs SET
+        batches_done = batches_done + 1,
+        batches_failed = batches_failed - CASE WHEN v_was_failed THEN 1 ELSE 0 END,
+        documents_embedded = documents_embedded + v_written,
+        documents_skipped = documents_skipped + v_skipped,
+        documents_failed = documents_failed + v_failed
+            - CASE WHEN v_was_failed THEN v_batch.documents_failed ELSE 0 END,
+        tokens_used = tokens_used + p_tokens,
+        updated_at = now()
+    WHERE id = p_run_id;
+    PERFORM public.backfill_settle_run(p_run_id);
+    RETURN jsonb_build_object('counted', true, 'written', v_written, 'skipped', v_skipped,
+        'failed', v_failed, 'state', CASE WHEN v_failed > 0 THEN 'done_with_failures' ELSE 'done' END);
+END $$;
+
+DROP FUNCTION IF EXISTS public.backfill_fail_batch(uuid, integer, text, boolean);
+
+-- Records a failed attempt and what it was billed. A permanent failure (or
+-- the last delivery before the dead-letter queue) ends the batch as failed,
+-- counted once, for the documents it has not embedded; a transient one leaves
+-- it `retrying`, since SQS will deliver the message again. Either way the
+-- lease ends, so that delivery can start at once.
+CREATE OR REPLACE FUNCTION public.backfill_fail_batch(
+    p_run_id uuid, p_seq integer, p_error text, p_permanent boolean, p_tokens_billed bigint DEFAULT 0)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_batch public.backfill_batches;
+    v_counted boolean := false;
+    v_failed integer;
+BEGIN
+    UPDATE public.backfill_runs SET tokens_billed = tokens_billed + coalesce(p_tokens_billed, 0)
+    WHERE id = p_run_id;
+    SELECT * INTO v_batch FROM public.backfill_batches WHERE run_id = p_run_id AND seq = p_seq FOR UPDATE;
+    IF NOT FOUND OR v_batch.state IN ('done', 'done_with_failures') THEN
+        RETURN jsonb_build_object('counted', false);
+    END IF;
+    v_failed := greatest(cardinality(v_batch.ids) - v_batch.documents_embedded, 0);
+    IF p_permanent AND v_batch.state <> 'failed' THEN
+        v_counted := true;
+        UPDATE public.backfill_runs SET
+            batches_failed = batches_failed + 1,
+            documents_failed = documents_failed + v_failed
+        WHERE id = p_run_id;
+    END IF;
+    UPDATE public.backfill_batches SET
+        state = CASE WHEN p_permanent OR state = 'failed' THEN 'failed' ELSE 'retrying' END,
+        documents_failed = CASE WHEN p_permanent OR state = 'failed' THEN v_failed ELSE 0 END,
+        error = p_error,
+        leased_until = NULL,
+        updated_at = now()
+    WHERE run_id = p_run_id AND seq = p_seq;
+    UPDATE public.backfill_runs SET last_error = format('batch %s (ids %s..%s): %s',
+            p_seq, v_batch.first_id, v_batch.last_id, p_error),
+        updated_at = now()
+    WHERE id = p_run_id;
+    PERFORM public.backfill_settle_run(p_run_id);
+    RETURN jsonb_build_object('counted', v_counted);
+END $$;
+
+-- A dispatch that stopped for any reason stays resumable: `--continue` puts a
+-- run that an older version ended `failed` mid-dispatch back to `dispatching`.
+CREATE OR REPLACE FUNCTION public.backfill_resume_dispatch(p_run_id uuid)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE public.backfill_runs SET state = 'dispatching', finished_at = NULL, updated_at = now()
+    WHERE id = p_run_id AND state = 'failed' AND dispatched_at IS NULL;
+    RETURN public.backfill_run_json(p_run_id);
+END $$;
+
+-- Nothing ends a dispatch as failed any more.
+DROP FUNCTION IF EXISTS public.backfill_fail_run(uuid, text);
+
+DO $$
+DECLARE
+    f text;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure::text FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public' AND p.proname LIKE 'backfill\_%'
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC, anon, authenticated', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', f);
+    END LOOP;
+END $$;
