@@ -5,6 +5,7 @@ use crate::cost;
 use crate::documents::{DocumentStore, PagedDocument};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::progress;
 use crate::queue::{BatchMessage, Queue, QueueError};
 use crate::status::{BatchRef, BatchState, CreatedRun, NewBatch, RunState, RunStatus, StatusStore};
 use crate::supabase::RestError;
@@ -251,12 +252,39 @@ pub enum DispatchError {
     Rest(#[from] RestError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("run {} is still {} for {} ({} of {} batches ended): wait for it (`backfill status {}`), continue it, or pass force to start another anyway", .0.id, .0.state.as_str(), .0.archive.as_deref().map(|a| format!("archive {a:?}")).unwrap_or_else(|| "all archives".into()), .0.batches_done + .0.batches_failed, .0.total_batches, .0.id)]
+    #[error("{}", active_run_message(.0))]
     ActiveRun(Box<RunStatus>),
     #[error("run {0} does not exist in backfill_runs")]
     UnknownRun(RunId),
     #[error("run {0} has no dispatch options recorded; it was not created by this tool")]
     NoOptions(RunId),
+}
+
+/// Why a dispatch was refused, naming a stalled run as stalled: it will not
+/// end by itself, so waiting for it is no remedy.
+fn active_run_message(run: &RunStatus) -> String {
+    let what = run
+        .archive
+        .as_deref()
+        .map(|a| format!("archive {a:?}"))
+        .unwrap_or_else(|| "all archives".into());
+    let ended = run.batches_done + run.batches_failed;
+    match progress::stall(run, progress::DEFAULT_STALLED_AFTER, None) {
+        Some(stall) => format!(
+            "run {} over {what} is stalled: {ended} of {} batches ended and nothing has moved for {}. Finish it with `{}`, or pass force to start another anyway",
+            run.id,
+            run.total_batches,
+            progress::human_duration(Duration::from_secs_f64(stall.idle_secs)),
+            stall.remedy
+        ),
+        None => format!(
+            "run {} is still {} for {what} ({ended} of {} batches ended): wait for it (`backfill status {}`), continue it, or pass force to start another anyway",
+            run.id,
+            run.state.as_str(),
+            run.total_batches,
+            run.id
+        ),
+    }
 }
 
 /// Ids read per page: several batches, so each page is one status RPC.

@@ -1,7 +1,7 @@
 //! Progress of a run as the old tool printed it: done/total, percent, docs/s,
 //! elapsed and ETA, computed from the status row so any process can show it.
 
-use crate::status::RunStatus;
+use crate::status::{RunState, RunStatus};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -48,6 +48,45 @@ pub fn of(status: &RunStatus) -> Progress {
     }
 }
 
+/// How long a run may go without a batch ending before it counts as stalled.
+pub const DEFAULT_STALLED_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// A run that stopped moving, and the one command that finishes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stall {
+    /// Time since anything of the run last changed.
+    pub idle_secs: f64,
+    /// The queue was seen empty; false where there was no queue to ask.
+    pub queue_checked: bool,
+    pub remedy: String,
+}
+
+/// A run is stalled when it has work left, nothing of it has changed for
+/// `after`, and (where the caller could see the queue: `queue_empty`) no
+/// message is waiting or in flight. Its messages are gone (a last delivery
+/// that crashed, messages that expired), so only the status tables can bring
+/// its batches back. A dispatch that stopped is stalled the same way.
+pub fn stall(status: &RunStatus, after: Duration, queue_empty: Option<bool>) -> Option<Stall> {
+    let idle = (status.now - status.updated_at)
+        .to_std()
+        .unwrap_or_default();
+    if idle < after || queue_empty == Some(false) {
+        return None;
+    }
+    let remedy = match status.state {
+        RunState::Dispatching => format!("backfill dispatch --continue {}", status.id),
+        RunState::Running if status.batches_done + status.batches_failed < status.total_batches => {
+            format!("backfill retry-failed {} --unfinished", status.id)
+        }
+        _ => return None,
+    };
+    Some(Stall {
+        idle_secs: idle.as_secs_f64(),
+        queue_checked: queue_empty.is_some(),
+        remedy,
+    })
+}
+
 /// `3.6s`, `24.8min`, `2.1h`, as the old tool printed durations.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -63,6 +102,43 @@ pub fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{TimeDelta, Utc};
+
+    fn run(state: RunState, idle_mins: i64, done: u64, total: u64) -> RunStatus {
+        let now = Utc::now();
+        serde_json::from_value(serde_json::json!({
+            "id": "6f1c3c0e-8a8e-4a43-9d2c-3e4f5a6b7c8d", "params": {}, "archive": null,
+            "state": state, "cursor_id": null, "next_seq": 0, "total_documents": total * 10,
+            "total_batches": total, "batches_done": done, "batches_failed": 0,
+            "documents_embedded": 0, "documents_skipped": 0, "documents_failed": 0,
+            "tokens_used": 0, "estimated_tokens": 0, "estimated_cost_usd": 0.0,
+            "actual_cost_usd": 0.0, "created_at": now - TimeDelta::hours(5),
+            "updated_at": now - TimeDelta::minutes(idle_mins), "dispatched_at": null,
+            "finished_at": null, "last_error": null, "now": now,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_with_work_left_and_nothing_moving_is_stalled() {
+        let after = DEFAULT_STALLED_AFTER;
+        let s = stall(&run(RunState::Running, 45, 3, 5), after, None).unwrap();
+        assert!(s.remedy.ends_with("--unfinished"), "{}", s.remedy);
+        assert!(s.idle_secs >= 45.0 * 60.0);
+        assert!(stall(&run(RunState::Running, 45, 3, 5), after, Some(true)).is_some());
+        // Messages still queued or in flight: they will move it.
+        assert!(stall(&run(RunState::Running, 45, 3, 5), after, Some(false)).is_none());
+        // Recently moved, or nothing left to do.
+        assert!(stall(&run(RunState::Running, 5, 3, 5), after, None).is_none());
+        assert!(stall(&run(RunState::Running, 45, 5, 5), after, None).is_none());
+        assert!(stall(&run(RunState::Completed, 45, 5, 5), after, None).is_none());
+        let d = stall(&run(RunState::Dispatching, 45, 0, 5), after, None).unwrap();
+        assert!(
+            d.remedy.starts_with("backfill dispatch --continue"),
+            "{}",
+            d.remedy
+        );
+    }
 
     #[test]
     fn durations_read_like_the_old_tool() {

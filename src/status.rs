@@ -358,6 +358,34 @@ impl StatusStore {
             .await
     }
 
+    /// Writes vectors to the batch's rows that still lack one, ahead of its
+    /// completion; safe to repeat.
+    pub async fn write_vectors(
+        &self,
+        target: &Target,
+        run: RunId,
+        seq: BatchSeq,
+        vectors: &[VectorRow<'_>],
+    ) -> Result<u64, RestError> {
+        #[derive(Deserialize)]
+        struct Written {
+            written: u64,
+        }
+        let w: Written = self
+            .rest
+            .rpc(
+                "backfill_write_vectors",
+                &json!({
+                    "p_target": target,
+                    "p_run_id": run,
+                    "p_seq": seq,
+                    "p_vectors": vectors,
+                }),
+            )
+            .await?;
+        Ok(w.written)
+    }
+
     /// Writes the vectors, ends the batch and advances the run in one transaction.
     pub async fn complete_batch(
         &self,

@@ -1,8 +1,10 @@
 //! The chaos run: 5,000 documents through dispatch, SQS and two worker
 //! processes while the embeddings server fails 10% of requests at random and
 //! rate-limits hard, five documents are poison, a worker is killed twice and
-//! the API server restarts once; then the dead-letter queue is redriven until
-//! empty. Afterwards every counter must be exact.
+//! the API server restarts once; the dead-letter queue is redriven while the
+//! rate limit still bites, so redriven batches meet 429s, and each redriven
+//! batch must get its full retries: a few rounds of redrive must suffice.
+//! Afterwards every counter must be exact.
 
 mod common;
 
@@ -85,6 +87,8 @@ async fn chaos() {
     let mut kills = 0;
     let mut restarted = false;
     let mut redriven = 0;
+    let mut rounds = 0;
+    let mut limited_at_redrive: Option<u64> = None;
     let dlq = SqsQueue::new(stack.sqs_client().await, dlq_url.clone());
     loop {
         assert!(
@@ -108,15 +112,26 @@ async fn chaos() {
             continue;
         }
         let run = run_of(&stores.status, run_id).await;
-        if stack.queue_depth(queue.url()).await > 0 {
-            continue;
-        }
+        // Dead letters go back at once, while the backlog still fills the
+        // rate limit, so redriven batches meet 429s like everyone else.
         let in_dlq = stack.queue_depth(&dlq_url).await;
         if in_dlq > 0 {
+            rounds += 1;
+            assert!(
+                rounds <= 10,
+                "redriven batches went back to the dead-letter queue again and again: {}",
+                run.last_error.unwrap_or_default()
+            );
+            if limited_at_redrive.is_none() {
+                limited_at_redrive = standin.stats().await["status_429"].as_u64();
+            }
             redriven += redrive::redrive(&dlq, &queue, Some(run_id), None)
                 .await
                 .unwrap()
                 .moved;
+            continue;
+        }
+        if stack.queue_depth(queue.url()).await > 0 {
             continue;
         }
         if run.state.is_finished() && run.batches_failed == 0 {
@@ -132,7 +147,7 @@ async fn chaos() {
     println!(
         "chaos: {} documents in {:.1}s; embedded {}, failed {} (poison), batches {}/{} done, {} failed; \
          tokens {}; API requests {} ({} answered 429, {} 5xx, {} 4xx); workers killed {kills}, API server restarted once, \
-         {redriven} message(s) redriven from the DLQ",
+         {redriven} message(s) redriven from the DLQ in {rounds} round(s); tokens billed {}",
         DOCS,
         started.elapsed().as_secs_f64(),
         run.documents_embedded,
@@ -145,6 +160,7 @@ async fn chaos() {
         stats["status_429"],
         stats["status_5xx"],
         stats["status_4xx"],
+        run.tokens_billed,
     );
     assert!(
         stats["status_429"].as_u64().unwrap() > 0,
@@ -153,6 +169,11 @@ async fn chaos() {
     assert!(
         stats["status_5xx"].as_u64().unwrap() > 0,
         "no random faults happened"
+    );
+    let limited = stats["status_429"].as_u64().unwrap();
+    assert!(
+        limited_at_redrive.is_some_and(|before| limited > before),
+        "no 429 after the first redrive ({limited_at_redrive:?} then {limited})"
     );
     assert_eq!(run.state, RunState::CompletedWithErrors);
     assert_eq!(run.documents_embedded, (DOCS - POISON.len()) as u64);
@@ -177,6 +198,13 @@ async fn chaos() {
         .map(|t| embed_backfill::tokens::count(t) as u64)
         .sum();
     assert_eq!(run.tokens_used, tokens);
+    // Billed covers every paid attempt, duplicates and failed deliveries too.
+    assert!(
+        run.tokens_billed >= run.tokens_used,
+        "{} < {}",
+        run.tokens_billed,
+        run.tokens_used
+    );
     let expected = base.expected_vectors(&good_texts).await;
     for (&i, want) in good.iter().zip(&expected) {
         assert_eq!(

@@ -173,3 +173,81 @@ fn sample_events_are_valid() {
     }
     assert!(seen >= 6);
 }
+
+#[tokio::test]
+async fn status_names_a_stalled_run_and_the_guard_says_how_to_finish_it() {
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let archive = unique("stalled");
+    let texts: Vec<String> = (0..6)
+        .map(|i| format!("§ {i} Loven gjelder på Svalbard."))
+        .collect();
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    insert_docs(&pg, "lovdata_documents", &archive, &refs).await;
+    let (full, run) = stack.dispatch_fresh(&archive, 2).await;
+    // Its messages are gone (expired, or a last delivery that crashed) and
+    // nothing has moved for two hours.
+    pg.execute(
+        "UPDATE backfill_runs SET updated_at = now() - interval '2 hours' WHERE id = $1::text::uuid",
+        &[&run.to_string()],
+    )
+    .await
+    .unwrap();
+    let (empty, _) = stack.fresh_queue(30, 5).await;
+    let on = |queue: &str| stack.with("BACKFILL_QUEUE_URL", queue);
+    let status = json(&backfill(
+        &on(empty.url()),
+        &["status", &run.to_string(), "--json"],
+    ));
+    assert_eq!(status["state"], "running");
+    let remedy = format!("backfill retry-failed {run} --unfinished");
+    assert_eq!(status["stalled"]["remedy"], remedy.as_str());
+    assert_eq!(status["stalled"]["queue_checked"], true);
+    let text = backfill(&on(empty.url()), &["status", &run.to_string()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("STALLED") && text.contains(&remedy), "{text}");
+    // Messages still on the queue will move it: not stalled.
+    let busy = json(&backfill(
+        &on(full.url()),
+        &["status", &run.to_string(), "--json"],
+    ));
+    assert!(busy["stalled"].is_null(), "{busy}");
+    // A shorter threshold than the idle time is what counts.
+    let patient = json(&backfill(
+        &on(empty.url()),
+        &[
+            "status",
+            &run.to_string(),
+            "--json",
+            "--stalled-after",
+            "180",
+        ],
+    ));
+    assert!(patient["stalled"].is_null(), "{patient}");
+
+    // A new dispatch of the archive is refused, naming the run as stalled.
+    let refused = backfill(&on(empty.url()), &["dispatch", "--archive", &archive]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("stalled") && err.contains(&remedy) && err.contains("force"),
+        "{err}"
+    );
+
+    // The remedy finishes it.
+    let retried = json(&backfill(
+        &on(empty.url()),
+        &["retry-failed", &run.to_string(), "--unfinished", "--json"],
+    ));
+    assert_eq!(retried["queued"], 3);
+    json(&backfill(
+        &on(empty.url()),
+        &["work", "--until-empty", "--json"],
+    ));
+    let done = json(&backfill(
+        &on(empty.url()),
+        &["status", &run.to_string(), "--json"],
+    ));
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["documents_embedded"], 6);
+}

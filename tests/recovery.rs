@@ -417,3 +417,61 @@ async fn a_dispatch_on_a_slow_database_is_finished_by_continuations() {
     assert!(states.iter().all(|s| s == "done"), "{states:?}");
     assert_eq!(vectors(&pg, TABLE, &ids).await.len(), 60);
 }
+
+#[tokio::test]
+async fn vectors_written_by_an_interrupted_delivery_count_once() {
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let archive = unique("chunks");
+    let docs = texts(250, "chunks");
+    let ids = insert(&pg, &archive, &docs).await;
+    let (queue, run) = stack.dispatch_fresh(&archive, 250).await;
+    // A delivery wrote its first chunk of 100 vectors, then died.
+    let refs: Vec<&str> = docs[..100].iter().map(String::as_str).collect();
+    let expected = stack.expected_vectors(&refs).await;
+    let rows: Vec<embed_backfill::status::VectorRow<'_>> = ids[..100]
+        .iter()
+        .zip(&expected)
+        .map(|(id, v)| embed_backfill::status::VectorRow {
+            id: embed_backfill::ids::DocumentId(*id),
+            embedding: v,
+        })
+        .collect();
+    let status = stack.stores().status;
+    let target = stack.stores().docs.target().clone();
+    let seq = embed_backfill::ids::BatchSeq(0);
+    assert_eq!(
+        status
+            .write_vectors(&target, run, seq, &rows)
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        status
+            .write_vectors(&target, run, seq, &rows)
+            .await
+            .unwrap(),
+        0,
+        "a repeat writes nothing"
+    );
+    // The next delivery embeds the other 150 in chunks and counts all 250 once.
+    let tally = drain(&stack, &queue).await;
+    assert_eq!(tally.documents_embedded, 250);
+    let done = run_of(&status, run).await;
+    assert_eq!(done.state, RunState::Completed);
+    assert_eq!(
+        (
+            done.documents_embedded,
+            done.documents_skipped,
+            done.batches_done
+        ),
+        (250, 0, 1)
+    );
+    let all: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let want = stack.expected_vectors(&all).await;
+    let stored = vectors(&pg, TABLE, &ids).await;
+    for (id, v) in ids.iter().zip(&want) {
+        assert_eq!(stored.get(id), Some(v), "document {id}");
+    }
+}

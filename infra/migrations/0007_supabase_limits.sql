@@ -110,6 +110,8 @@ $$;
 -- after `p_after_id` (by primary key), counting those of `p_archive` when
 -- given. The caller adds the steps up: one statement never scans more than a
 -- step, however large the table, so none runs into the statement timeout.
+-- Whether a text is blank is read from its first 1,024 characters where that
+-- settles it, so a step does not decompress every long text it passes.
 CREATE OR REPLACE FUNCTION public.backfill_coverage(
     p_target jsonb, p_max_rows integer, p_archive text DEFAULT NULL, p_after_id bigint DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
@@ -128,8 +130,9 @@ BEGIN
         '  ''last_id'', max(s.id),'
         '  ''more'', count(*) = $3)'
         ' FROM (SELECT d.%1$s::bigint AS id, %5$s AS counted, d.%2$s IS NOT NULL AS embedded,'
-        '              CASE WHEN d.%2$s IS NULL'
-        '                   THEN coalesce(btrim(d.%3$s::text, E'' \t\r\n''), '''') = '''' END AS blank'
+        '              CASE WHEN d.%2$s IS NOT NULL THEN NULL'
+        '                   WHEN btrim(substr(d.%3$s::text, 1, 1024), E'' \t\r\n'') <> '''' THEN false'
+        '                   ELSE coalesce(btrim(d.%3$s::text, E'' \t\r\n''), '''') = '''' END AS blank'
         '       FROM %4$s d WHERE $2::bigint IS NULL OR d.%1$s > $2'
         '       ORDER BY d.%1$s LIMIT $3) s',
         public.backfill_ident(p_target, 'id'), public.backfill_ident(p_target, 'embedding'),

@@ -184,6 +184,10 @@ struct WorkArgs {
 struct StatusArgs {
     /// The run (default: the latest)
     run_id: Option<RunId>,
+    /// Call a run stalled when no batch of it has ended for this many minutes
+    /// and the queue (BACKFILL_QUEUE_URL, where set) holds no message
+    #[arg(long, value_name = "MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    stalled_after: u64,
     /// Refresh every 2 seconds until the run finishes
     #[arg(long)]
     watch: bool,
@@ -317,6 +321,11 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Status(args) => {
             let stores = setup::stores(&env)?;
+            let queue = match env.queue() {
+                Ok(q) => Some(SqsQueue::from_env(q.queue_url).await),
+                Err(_) => None,
+            };
+            let stalled_after = Duration::from_secs(args.stalled_after * 60);
             loop {
                 let Some(status) = stores.status.run_status(args.run_id).await? else {
                     match args.run_id {
@@ -326,7 +335,9 @@ async fn execute(cli: Cli) -> Result<()> {
                         ),
                     }
                 };
-                show_status(&status, args.json)?;
+                let stall =
+                    progress::stall(&status, stalled_after, queue_empty(queue.as_ref()).await);
+                show_status(&status, stall, args.json)?;
                 if !args.watch || status.state.is_finished() {
                     return Ok(());
                 }
@@ -417,17 +428,42 @@ async fn run<F: Fn(&str) -> Option<String>>(env: &config::Env<F>, args: RunArgs)
         .run_status(Some(run_id))
         .await?
         .context("the run vanished from backfill_runs")?;
-    show_status(&status, args.json)
+    show_status(&status, None, args.json)
 }
 
 /// The status row with its progress, as JSON or as the old tool's lines.
-fn show_status(status: &RunStatus, json: bool) -> Result<()> {
+/// Whether the queue holds no message, visible or in flight; `None` where
+/// there is no queue to ask.
+async fn queue_empty(queue: Option<&SqsQueue>) -> Option<bool> {
+    match queue?.depth().await {
+        Ok((visible, in_flight)) => Some(visible + in_flight == 0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the queue's depth");
+            None
+        }
+    }
+}
+
+fn show_status(status: &RunStatus, stall: Option<progress::Stall>, json: bool) -> Result<()> {
     if json {
         let mut value = serde_json::to_value(status)?;
         value["progress"] = serde_json::to_value(progress::of(status))?;
+        value["stalled"] = serde_json::to_value(&stall)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_status(status);
+        if let Some(stall) = stall {
+            println!(
+                "  STALLED: nothing has moved for {}{}. Finish it with `{}`",
+                human_duration(Duration::from_secs_f64(stall.idle_secs)),
+                if stall.queue_checked {
+                    " and the queue holds no message"
+                } else {
+                    " (set BACKFILL_QUEUE_URL to check the queue too)"
+                },
+                stall.remedy
+            );
+        }
     }
     Ok(())
 }
