@@ -114,7 +114,7 @@ async fn dispatch_work_and_verify_are_exact_under_a_cap_of_100_with_batches_of_2
     let tally = runner::consume_sqs(&stack.worker(), &queue, &drain_opts())
         .await
         .unwrap();
-    assert_eq!((tally.succeeded, tally.failed), (5, 0));
+    common::assert_all_handled(&tally, 5);
 
     let status = stack.stores().status;
     let run = run_of(&status, summary.run_id).await;
@@ -231,7 +231,7 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
     let tally = runner::consume_sqs(&stack.worker(), &third, &drain_opts())
         .await
         .unwrap();
-    assert_eq!(tally.succeeded, 150);
+    common::assert_all_handled(&tally, 150);
     let done = run_of(&status, run).await;
     assert_eq!(done.state, RunState::Completed);
     assert_eq!(
@@ -295,7 +295,7 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
     let tally = runner::consume_sqs(&stack.worker(), &queue, &drain_opts())
         .await
         .unwrap();
-    assert_eq!(tally.failed, 1);
+    assert!(tally.succeeded == 0 && tally.failed >= 1, "{tally:?}");
     let stats = rest.stats().await;
     assert_eq!(
         stats["requests"]["/rpc/backfill_complete_batch"], 3,
@@ -418,7 +418,7 @@ async fn texts_too_large_to_fetch_whole_come_in_bounded_answers_and_are_cut_in_t
     let tally = runner::consume_sqs(&stack.worker(), &queue, &drain_opts())
         .await
         .unwrap();
-    assert_eq!((tally.succeeded, tally.failed), (1, 0));
+    common::assert_all_handled(&tally, 1);
     let done = run_of(&stack.stores().status, run).await;
     assert_eq!(done.documents_embedded, 12);
     let cut: u64 = texts

@@ -654,3 +654,15 @@ impl Drop for PrivateRest {
         self.stop();
     }
 }
+
+/// Every one of `batches` messages was handled successfully. SQS (and moto)
+/// deliver at least once: a duplicate that arrives while its batch is leased
+/// fails and comes back later, one that arrives after it ended succeeds
+/// without work, so the tally may hold more than `batches` messages; the run's
+/// counters, which the tests check too, must not.
+pub fn assert_all_handled(tally: &embed_backfill::runner::Tally, batches: u64) {
+    assert!(
+        tally.succeeded >= batches && tally.failed <= tally.messages - batches,
+        "expected {batches} batches handled, got {tally:?}"
+    );
+}
