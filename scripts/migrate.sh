@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Applies the infra/migrations/*.sql not yet applied, in order, to DATABASE_URL
-# (or $1), recording each in backfill_schema_migrations. The one path used by
-# the tests, the demo and production:
+# Migrates DATABASE_URL (or $1): applies the infra/migrations/incremental/*.sql
+# not yet applied (tables, columns, indexes, data), in order, recording each in
+# backfill_schema_migrations; then every infra/migrations/idempotent/*.sql (the
+# functions, each defined once there), in order, on every run. The one path
+# used by the tests, the demo and production:
 #   DATABASE_URL='postgres://postgres:PASSWORD@db.REF.supabase.co:5432/postgres?sslmode=require' scripts/migrate.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,21 +30,26 @@ run_psql() {
     "$psql_bin" "$url" -X -q -v ON_ERROR_STOP=1 "$@"
 }
 
-# Runs one file, recording it; says what to do when a lock was not granted.
+# Runs one file, recording it under `record` when given (an idempotent file
+# is not recorded); says what to do when a lock was not granted.
 apply() {
-  local f=$1 name=$2 out
-  local mode=(--single-transaction)
+  local f=$1 name=$2 record=${3:-} out kept=applied
+  local mode=(--single-transaction) then=()
   # CREATE INDEX CONCURRENTLY cannot run in a transaction block: such a file
   # runs statement by statement and is recorded once all of them succeeded.
   head -n 1 "$f" | grep -q '^-- migrate: no-transaction' && mode=()
-  if out="$(run_psql "${mode[@]}" -f "$f" -c "INSERT INTO public.backfill_schema_migrations (name) VALUES ('$name')" 2>&1)"; then
+  if [[ -n "$record" ]]; then
+    then=(-c "INSERT INTO public.backfill_schema_migrations (name) VALUES ('$record')")
+    kept=recorded
+  fi
+  if out="$(run_psql "${mode[@]}" -f "$f" "${then[@]}" 2>&1)"; then
     [[ -n "$out" ]] && echo "$out"
     return 0
   fi
   echo "$out" >&2
   if grep -q 'lock timeout' <<<"$out"; then
     echo "migrate: gave up on $name: another session held a lock on a table it changes for more than $lock_timeout" >&2
-    echo "migrate: (a long query or an open transaction on it). Nothing of $name is recorded, and the application's" >&2
+    echo "migrate: (a long query or an open transaction on it). Nothing of $name is $kept, and the application's" >&2
     echo "migrate: queries were not held behind the migration. Find the session with" >&2
     echo "migrate:   SELECT pid, state, xact_start, left(query, 80) FROM pg_stat_activity WHERE xact_start < now() - interval '$lock_timeout';" >&2
     echo "migrate: then run scripts/migrate.sh again when it has ended, at a quiet time, or with a longer BACKFILL_LOCK_TIMEOUT." >&2
@@ -50,8 +57,10 @@ apply() {
   exit 1
 }
 
-# Each file is applied once and recorded with it, in one transaction. The files
-# are idempotent too, so a database migrated by hand is safe to migrate again.
+# Each incremental file is applied once and recorded with it, in one
+# transaction. The files are idempotent too, so a database migrated by hand is
+# safe to migrate again. The names recorded are the files' own: an install
+# that recorded one before the incremental/idempotent split skips it.
 run_psql -c "CREATE TABLE IF NOT EXISTS public.backfill_schema_migrations (
   name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())" \
   -c "ALTER TABLE public.backfill_schema_migrations ENABLE ROW LEVEL SECURITY" \
@@ -64,16 +73,25 @@ run_psql -c "CREATE TABLE IF NOT EXISTS public.backfill_schema_migrations (
 
 shopt -s nullglob
 applied=0
-for f in "$root"/infra/migrations/*.sql; do
+for f in "$root"/infra/migrations/incremental/*.sql; do
   name="$(basename "$f")"
   done_already="$(run_psql -At -c "SELECT 1 FROM public.backfill_schema_migrations WHERE name = '$name'")"
   if [[ -n "$done_already" ]]; then
     continue
   fi
   echo "migrate: applying $name"
-  apply "$f" "$name"
+  apply "$f" "$name" "$name"
   applied=$((applied + 1))
 done
+# The functions, after the tables they use: every file on every run, so the
+# database holds exactly the definitions of this checkout. A file drops the
+# earlier forms of its functions, so an install at any version converges.
+functions=0
+for f in "$root"/infra/migrations/idempotent/*.sql; do
+  apply "$f" "idempotent/$(basename "$f")"
+  functions=$((functions + 1))
+done
+echo "migrate: $functions function file(s) of infra/migrations/idempotent applied"
 # PostgREST caches the schema; tell it to reload (harmless where nobody listens).
 run_psql -c "NOTIFY pgrst, 'reload schema'"
 echo "migrate: $applied migration(s) applied, the database is up to date"

@@ -2,12 +2,13 @@
 //! under the names the old TypeScript tool and Supabase use.
 
 use crate::documents::Target;
+use crate::embedder::Limits;
 use crate::rate::Budget;
 use crate::secret::Secret;
 use std::time::Duration;
 use thiserror::Error;
 
-#[derive(Debug, Error, PartialEq)]
+#[derive(Clone, Debug, Error, PartialEq)]
 pub enum ConfigError {
     #[error("{name} is not set: {hint}")]
     Missing {
@@ -47,10 +48,31 @@ pub struct SupabaseConfig {
     pub timeout: Duration,
 }
 
+/// Which embedding service, and what it needs (see `embedder`).
 #[derive(Clone, Debug)]
-pub struct OpenAiConfig {
-    pub base_url: String,
-    pub api_key: Secret,
+pub enum ProviderSettings {
+    OpenAi {
+        base_url: String,
+        api_key: Option<Secret>,
+    },
+    Azure {
+        endpoint: String,
+        api_key: Option<Secret>,
+        api_version: String,
+        deployment: String,
+    },
+    Compatible {
+        base_url: String,
+        api_key: Option<Secret>,
+        limits: Limits,
+        price_per_million_tokens: f64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct EmbeddingConfig {
+    pub provider: ProviderSettings,
+    /// The model (on Azure: the model the deployment serves).
     pub model: String,
     pub dimensions: u32,
     pub timeout: Duration,
@@ -58,6 +80,21 @@ pub struct OpenAiConfig {
     pub budget: Budget,
     /// Requests one process keeps in flight at most.
     pub max_concurrent_requests: usize,
+}
+
+impl EmbeddingConfig {
+    /// The key a worker needs; a dispatch does without.
+    pub fn require_key(&self) -> Result<(), ConfigError> {
+        let missing = |name| ConfigError::Missing {
+            name,
+            hint: OPENAI_KEY_HINT,
+        };
+        match &self.provider {
+            ProviderSettings::OpenAi { api_key: None, .. } => Err(missing("OPENAI_API_KEY")),
+            ProviderSettings::Azure { api_key: None, .. } => Err(missing("AZURE_OPENAI_API_KEY")),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -72,7 +109,8 @@ pub struct QueueConfig {
 const SUPABASE_URL_HINT: &str =
     "set it to your Supabase project URL (https://<project-ref>.supabase.co) in the environment or .env";
 const SUPABASE_KEY_HINT: &str = "set SUPABASE_SECRET_KEY (sb_secret_...) or SUPABASE_SERVICE_ROLE_KEY (the service_role JWT) from the project's API settings";
-const OPENAI_KEY_HINT: &str = "set it to an OpenAI API key with access to the embeddings API";
+const OPENAI_KEY_HINT: &str = "set it to an API key with access to the embeddings API";
+const PROVIDER_HINT: &str = "set EMBEDDING_PROVIDER to openai, azure or compatible";
 const QUEUE_HINT: &str =
     "set it to the URL of the backfill SQS queue (the stack output WorkQueueUrl)";
 
@@ -156,13 +194,79 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         })
     }
 
-    pub fn openai(&self) -> Result<OpenAiConfig, ConfigError> {
-        let api_key = Secret::new(self.require("OPENAI_API_KEY", OPENAI_KEY_HINT)?);
-        let base_url = self
-            .get("OPENAI_BASE_URL")
-            .unwrap_or_else(|| "https://api.openai.com/v1".into())
-            .trim_end_matches('/')
-            .to_string();
+    /// The embedding provider's settings, under the names OpenAI's own
+    /// clients use where there are such names.
+    pub fn embedding(&self) -> Result<EmbeddingConfig, ConfigError> {
+        let url = |name: &'static str, default: Option<&str>| -> Result<String, ConfigError> {
+            let v = match (self.get(name), default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(ConfigError::Missing {
+                        name,
+                        hint: "set it to the embeddings service's base URL",
+                    })
+                }
+            };
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    value: v,
+                    reason: "it must start with https:// (or http://)".into(),
+                });
+            }
+            Ok(v.trim_end_matches('/').to_string())
+        };
+        let key = |name: &str| self.get(name).map(Secret::new);
+        let provider = match self.get("EMBEDDING_PROVIDER").as_deref() {
+            None | Some("openai") => ProviderSettings::OpenAi {
+                base_url: url("OPENAI_BASE_URL", Some("https://api.openai.com/v1"))?,
+                api_key: key("OPENAI_API_KEY"),
+            },
+            Some("azure") => ProviderSettings::Azure {
+                endpoint: url("AZURE_OPENAI_ENDPOINT", None)?,
+                api_key: key("AZURE_OPENAI_API_KEY"),
+                api_version: self
+                    .get("OPENAI_API_VERSION")
+                    .unwrap_or_else(|| "2024-10-21".into()),
+                deployment: self.require(
+                    "AZURE_OPENAI_DEPLOYMENT",
+                    "set it to the name of the Azure OpenAI deployment of the embedding model",
+                )?,
+            },
+            Some("compatible") => {
+                let inputs: usize = self.parse("EMBEDDING_MAX_INPUTS", 32)?;
+                let per_input: usize = self.parse("EMBEDDING_MAX_INPUT_TOKENS", 512)?;
+                if inputs == 0 || per_input == 0 {
+                    return Err(ConfigError::Invalid {
+                        name: "EMBEDDING_MAX_INPUTS",
+                        value: format!("{inputs} / {per_input}"),
+                        reason:
+                            "EMBEDDING_MAX_INPUTS and EMBEDDING_MAX_INPUT_TOKENS must be above 0"
+                                .into(),
+                    });
+                }
+                ProviderSettings::Compatible {
+                    base_url: url("OPENAI_BASE_URL", None)?,
+                    api_key: key("OPENAI_API_KEY"),
+                    limits: Limits {
+                        inputs_per_request: inputs,
+                        tokens_per_input: per_input,
+                        tokens_per_request: self
+                            .parse("EMBEDDING_MAX_REQUEST_TOKENS", inputs * per_input)?,
+                    },
+                    price_per_million_tokens: self
+                        .parse("EMBEDDING_PRICE_PER_MILLION_TOKENS", 0.0)?,
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "EMBEDDING_PROVIDER",
+                    value: other.to_string(),
+                    reason: PROVIDER_HINT.into(),
+                })
+            }
+        };
         let dimensions: u32 = self.parse("BACKFILL_EMBEDDING_DIMENSIONS", 1536)?;
         if !(1..=3072).contains(&dimensions) {
             return Err(ConfigError::Invalid {
@@ -171,9 +275,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 reason: "it must be between 1 and 3072, and match the embedding column".into(),
             });
         }
-        Ok(OpenAiConfig {
-            base_url,
-            api_key,
+        Ok(EmbeddingConfig {
+            provider,
             model: self
                 .get("OPENAI_EMBEDDING_MODEL")
                 .unwrap_or_else(|| "text-embedding-3-small".into()),
@@ -293,15 +396,39 @@ mod tests {
         let e = env(&[("SUPABASE_URL", "https://abc.supabase.co")]);
         let err = e.supabase().unwrap_err().to_string();
         assert!(err.contains("SUPABASE_SERVICE_ROLE_KEY"), "{err}");
-        let err = env(&[]).openai().unwrap_err().to_string();
+        let err = env(&[])
+            .embedding()
+            .unwrap()
+            .require_key()
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("OPENAI_API_KEY is not set"), "{err}");
+        let azure = env(&[
+            ("EMBEDDING_PROVIDER", "azure"),
+            ("AZURE_OPENAI_ENDPOINT", "https://x.openai.azure.com"),
+        ]);
+        let err = azure.embedding().unwrap_err().to_string();
+        assert!(
+            err.starts_with("AZURE_OPENAI_DEPLOYMENT is not set"),
+            "{err}"
+        );
+        let err = env(&[("EMBEDDING_PROVIDER", "bedrock")])
+            .embedding()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("openai, azure or compatible"), "{err}");
+        let err = env(&[("EMBEDDING_PROVIDER", "compatible")])
+            .embedding()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("OPENAI_BASE_URL is not set"), "{err}");
     }
 
     #[test]
     fn instances_share_the_budget() {
         let key = ("OPENAI_API_KEY", "sk-x");
         let whole = env(&[key, ("BACKFILL_TPM_LIMIT", "10000000")])
-            .openai()
+            .embedding()
             .unwrap();
         assert_eq!(whole.budget.tokens_per_minute, Some(10_000_000));
         let shared = env(&[
@@ -310,12 +437,12 @@ mod tests {
             ("BACKFILL_RPM_LIMIT", "10000"),
             ("BACKFILL_RATE_SHARES", "8"),
         ])
-        .openai()
+        .embedding()
         .unwrap();
         assert_eq!(shared.budget.tokens_per_minute, Some(10_000_000));
         assert_eq!(shared.budget.shares, 8);
         let err = env(&[key, ("BACKFILL_RATE_SHARES", "0")])
-            .openai()
+            .embedding()
             .unwrap_err();
         assert!(err.to_string().contains("BACKFILL_RATE_SHARES"), "{err}");
     }

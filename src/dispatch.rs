@@ -1,18 +1,19 @@
 //! The dispatcher: pages the ids that still need a vector into batches, records
 //! them in the status tables and queues one message per batch.
 
-use crate::cost;
 use crate::documents::{DocumentStore, PagedDocument};
+use crate::embedder::tokens::{self, Tokenizer};
+use crate::embedder::{self, Provider};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::progress;
 use crate::queue::{BatchMessage, Queue, QueueError};
 use crate::status::{BatchRef, BatchState, CreatedRun, NewBatch, RunState, RunStatus, StatusStore};
 use crate::supabase::RestError;
-use crate::tokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -20,7 +21,8 @@ use tokio::time::Instant;
 pub const DEFAULT_BATCH_SIZE: u32 = 100;
 pub const MAX_BATCH_SIZE: u32 = 1000;
 pub const DEFAULT_EMBEDDING_BATCH_SIZE: u32 = 100;
-pub const MAX_EMBEDDING_BATCH_SIZE: u32 = 2048;
+/// The most any provider takes; the worker keeps to its own provider's limit.
+pub const MAX_EMBEDDING_BATCH_SIZE: u32 = embedder::MAX_INPUTS_PER_REQUEST as u32;
 const MAX_ARCHIVE_LEN: usize = 1024;
 
 /// The dispatcher's event, as a person writes it. Unknown fields are refused so
@@ -212,7 +214,7 @@ impl DispatchRequest {
         if !(1..=MAX_EMBEDDING_BATCH_SIZE).contains(&embedding_batch_size) {
             return Err(field(
                 "embedding_batch_size",
-                format!("must be between 1 and {MAX_EMBEDDING_BATCH_SIZE} (OpenAI's limit of inputs per request), got {embedding_batch_size}"),
+                format!("must be between 1 and {MAX_EMBEDDING_BATCH_SIZE} (the largest limit of inputs per request; each provider's own limit applies too), got {embedding_batch_size}"),
             ));
         }
         Ok(DispatchOptions {
@@ -316,8 +318,7 @@ pub struct Dispatcher<Q> {
     docs: DocumentStore,
     status: StatusStore,
     queue: Q,
-    model: String,
-    dimensions: u32,
+    provider: Arc<dyn Provider>,
 }
 
 /// Where paging stands: the next id to page after, the next batch number and
@@ -333,15 +334,13 @@ impl<Q: Queue> Dispatcher<Q> {
         docs: DocumentStore,
         status: StatusStore,
         queue: Q,
-        model: impl Into<String>,
-        dimensions: u32,
+        provider: Arc<dyn Provider>,
     ) -> Self {
         Self {
             docs,
             status,
             queue,
-            model: model.into(),
-            dimensions,
+            provider,
         }
     }
 
@@ -363,8 +362,9 @@ impl<Q: Queue> Dispatcher<Q> {
         let params = serde_json::json!({
             "options": opts,
             "target": self.docs.target(),
-            "model": self.model,
-            "dimensions": self.dimensions,
+            "provider": self.provider.name(),
+            "model": self.provider.model(),
+            "dimensions": self.provider.dimensions(),
         });
         let created = self
             .status
@@ -372,7 +372,7 @@ impl<Q: Queue> Dispatcher<Q> {
                 run,
                 &params,
                 opts.archive.as_deref(),
-                cost::price_per_million_tokens(&self.model),
+                self.provider.price_per_million_tokens(),
                 opts.force,
             )
             .await?;
@@ -597,11 +597,12 @@ impl<Q: Queue> Dispatcher<Q> {
         let sample: Vec<DocumentId> = page.iter().take(CALIBRATION_DOCS).map(|d| d.id).collect();
         let mut exact = HashMap::with_capacity(sample.len());
         let (mut tokens, mut bytes) = (0u64, 0u64);
+        let count = self.token_count();
         self.docs
-            .for_each_missing(&sample, |d| {
-                let n = TokenEstimator::exact(&d.content);
+            .for_each_missing(&sample, count.prefix_chars(), |d| {
+                let n = count.of(&d.content);
                 // A text cut at the input limit says nothing about tokens per byte.
-                if n > 0 && n < tokens::MAX_INPUT_TOKENS as u64 {
+                if n > 0 && n < count.limit as u64 {
                     tokens += n;
                     bytes += d.content.as_deref().map_or(0, |t| t.len() as u64);
                 }
@@ -609,6 +610,7 @@ impl<Q: Queue> Dispatcher<Q> {
             })
             .await?;
         Ok(TokenEstimator {
+            count,
             tokens_per_byte: if bytes == 0 {
                 TokenEstimator::FALLBACK
             } else {
@@ -618,8 +620,16 @@ impl<Q: Queue> Dispatcher<Q> {
         })
     }
 
+    fn token_count(&self) -> TokenCount {
+        TokenCount {
+            tokenizer: self.provider.tokenizer(),
+            limit: self.provider.limits().tokens_per_input,
+        }
+    }
+
     /// Counts what a run would do from the real texts, and changes nothing.
     async fn dry_run(&self, opts: &DispatchOptions) -> Result<DispatchSummary, DispatchError> {
+        let count = self.token_count();
         let mut cursor = opts.resume_from_id;
         let mut remaining = opts.limit;
         let mut documents = 0u64;
@@ -639,7 +649,9 @@ impl<Q: Queue> Dispatcher<Q> {
             documents += page.rows.len() as u64;
             let ids: Vec<DocumentId> = page.rows.iter().map(|d| d.id).collect();
             self.docs
-                .for_each_missing(&ids, |d| tokens_total += TokenEstimator::exact(&d.content))
+                .for_each_missing(&ids, count.prefix_chars(), |d| {
+                    tokens_total += count.of(&d.content)
+                })
                 .await?;
             if let Some(r) = remaining.as_mut() {
                 *r -= page.rows.len() as u64;
@@ -655,7 +667,7 @@ impl<Q: Queue> Dispatcher<Q> {
             documents,
             batches: documents.div_ceil(u64::from(opts.batch_size)),
             estimated_tokens: tokens_total,
-            estimated_cost_usd: cost::cost_usd(tokens_total, &self.model),
+            estimated_cost_usd: self.provider.cost_usd(tokens_total),
             complete: true,
             resent_batches: 0,
         })
@@ -676,12 +688,35 @@ fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> Dispat
     }
 }
 
+/// How the provider counts a text as the worker sends it: none when blank,
+/// at most the input limit.
+#[derive(Clone, Copy, Debug)]
+struct TokenCount {
+    tokenizer: Tokenizer,
+    limit: usize,
+}
+
+impl TokenCount {
+    fn of(self, text: &Option<String>) -> u64 {
+        match text.as_deref() {
+            Some(t) if !tokens::is_blank(t) => self.tokenizer.truncate(t, self.limit).tokens as u64,
+            _ => 0,
+        }
+    }
+
+    /// What the database sends of each text.
+    fn prefix_chars(self) -> usize {
+        self.tokenizer.prefix_chars(self.limit)
+    }
+}
+
 /// Estimates a real dispatch's tokens without reading every text: the first
-/// page's first documents are counted exactly with cl100k_base, and their
-/// tokens per byte applied to the stored sizes of the rest. (A dry run counts
-/// every text.)
+/// page's first documents are counted exactly with the provider's tokenizer,
+/// and their tokens per byte applied to the stored sizes of the rest. (A dry
+/// run counts every text.)
 #[derive(Clone, Debug)]
 struct TokenEstimator {
+    count: TokenCount,
     tokens_per_byte: f64,
     exact: HashMap<DocumentId, u64>,
 }
@@ -691,26 +726,15 @@ struct TokenEstimator {
 const CALIBRATION_DOCS: usize = 1000;
 
 impl TokenEstimator {
-    /// OpenAI's rule of thumb (4 characters a token) for ASCII text, when the
-    /// first page has no text to measure.
+    /// The usual rule of thumb (4 characters a token) for ASCII text, when
+    /// the first page has no text to measure.
     const FALLBACK: f64 = 0.25;
-
-    /// The tokens a text costs as the worker sends it: none when blank, at
-    /// most the input limit.
-    fn exact(text: &Option<String>) -> u64 {
-        match text.as_deref() {
-            Some(t) if !tokens::is_blank(t) => {
-                tokens::truncate(t, tokens::MAX_INPUT_TOKENS).tokens as u64
-            }
-            _ => 0,
-        }
-    }
 
     fn estimate(&self, doc: &PagedDocument) -> u64 {
         match self.exact.get(&doc.id) {
             Some(&n) => n,
             None => ((doc.bytes as f64 * self.tokens_per_byte).ceil() as u64)
-                .min(tokens::MAX_INPUT_TOKENS as u64),
+                .min(self.count.limit as u64),
         }
     }
 }
@@ -762,10 +786,15 @@ mod tests {
     fn estimates_from_the_samples_ratio() {
         let text = "Kommunen skal behandle søknaden innen fire uker. ".repeat(20);
         let exact = tokens::count(&text) as u64;
-        assert_eq!(TokenEstimator::exact(&Some(text.clone())), exact);
-        assert_eq!(TokenEstimator::exact(&Some("  ".into())), 0);
-        assert_eq!(TokenEstimator::exact(&None), 0);
+        let count = TokenCount {
+            tokenizer: Tokenizer::Cl100k,
+            limit: embedder::openai::LIMITS.tokens_per_input,
+        };
+        assert_eq!(count.of(&Some(text.clone())), exact);
+        assert_eq!(count.of(&Some("  ".into())), 0);
+        assert_eq!(count.of(&None), 0);
         let e = TokenEstimator {
+            count,
             tokens_per_byte: exact as f64 / text.len() as f64,
             exact: HashMap::from([(DocumentId(1), exact)]),
         };
@@ -776,7 +805,10 @@ mod tests {
         assert_eq!(e.estimate(&doc(1, 1)), exact);
         let later = e.estimate(&doc(3, text.len() as u64 * 2));
         assert!(later.abs_diff(exact * 2) <= 1, "{later} vs {}", exact * 2);
-        assert_eq!(e.estimate(&doc(4, 10_000_000)), 8191);
+        assert_eq!(
+            e.estimate(&doc(4, 10_000_000)),
+            embedder::openai::LIMITS.tokens_per_input as u64
+        );
         assert_eq!(e.estimate(&doc(5, 0)), 0);
     }
 }

@@ -7,7 +7,6 @@
 
 use crate::ids::DocumentId;
 use crate::supabase::{Rest, RestError};
-use crate::tokens;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -56,7 +55,8 @@ pub struct Page {
     pub more: bool,
 }
 
-/// A document still missing a vector, its text cut to `tokens::MAX_PREFIX_CHARS`.
+/// A document still missing a vector, its text cut to the prefix that holds
+/// the provider's input limit.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Document {
     pub id: DocumentId,
@@ -128,9 +128,12 @@ impl DocumentStore {
 
     /// Hands `each` those of `ids` that still lack a vector, with their texts,
     /// in id order, fetching them a bounded answer at a time.
+    /// Each text comes cut to `max_chars` characters: the provider's
+    /// tokenizer says how many always hold its input limit.
     pub async fn for_each_missing(
         &self,
         ids: &[DocumentId],
+        max_chars: usize,
         mut each: impl FnMut(Document),
     ) -> Result<(), RestError> {
         let mut after: Option<DocumentId> = None;
@@ -143,7 +146,7 @@ impl DocumentStore {
                         "p_target": self.target,
                         "p_ids": ids,
                         "p_after_id": after,
-                        "p_max_chars": tokens::MAX_PREFIX_CHARS,
+                        "p_max_chars": max_chars,
                         "p_max_bytes": FETCH_MAX_BYTES,
                     }),
                 )

@@ -2,19 +2,28 @@
 //! the backfill runs at the account's limit instead of into it.
 //!
 //! It paces by a token bucket per limit (tokens and requests per minute), sized
-//! by the configured budget or, without one, by the `x-ratelimit-limit-*`
-//! headers; it lowers its bucket to the `x-ratelimit-remaining-*` the API
-//! reports (which counts every client of the account); it pauses everyone when
+//! by the configured budget or, without one, by the limits the provider's
+//! answers report; it lowers its bucket to what the provider says remains
+//! (which counts every client of the account); it pauses everyone when
 //! a 429 arrives; and it adapts how many requests are in flight with AIMD:
 //! one more after each window of successes, half as many after a 429.
 
-use reqwest::header::HeaderMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A configured budget; `None` learns the limit from the API's headers.
+/// What one answer said of the rate limits, per minute; the provider reads
+/// it from its own headers. `None` where the answer said nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateSignals {
+    pub limit_tokens: Option<f64>,
+    pub remaining_tokens: Option<f64>,
+    pub limit_requests: Option<f64>,
+    pub remaining_requests: Option<f64>,
+}
+
+/// A configured budget; `None` learns the limit from the API's answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
     /// The account's limits, for all processes together.
@@ -220,44 +229,35 @@ impl Governor {
 
     /// Learns from a response: the limits and what remains of them, and, on a
     /// 429, to pause and to send fewer requests at once.
-    pub fn observe(&self, headers: &HeaderMap, rate_limited: Option<Duration>) {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
+    pub fn observe(&self, signals: RateSignals, rate_limited: Option<Duration>) {
         let share = self.configured.share();
-        let header = |name: &str| header(name).map(|v| v / share);
+        let part = |v: Option<f64>| v.map(|v| v / share);
         let mut guard = self.lock();
         let s = &mut *guard;
         let learned = [
             (
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
+                &mut s.tokens,
+                part(signals.limit_tokens),
+                part(signals.remaining_tokens),
                 self.configured.tokens_per_minute,
             ),
             (
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
+                &mut s.requests,
+                part(signals.limit_requests),
+                part(signals.remaining_requests),
                 self.configured.requests_per_minute,
             ),
         ];
-        for (i, (limit_name, remaining_name, configured)) in learned.into_iter().enumerate() {
-            let bucket = if i == 0 {
-                &mut s.tokens
-            } else {
-                &mut s.requests
-            };
+        for (bucket, limit, remaining, configured) in learned {
             if configured.is_none() {
-                if let Some(limit) = header(limit_name).filter(|l| *l > 0.0) {
+                if let Some(limit) = limit.filter(|l| *l > 0.0) {
                     match bucket {
                         Some(b) => b.capacity = limit,
                         None => *bucket = Some(Bucket::new(limit)),
                     }
                 }
             }
-            if let (Some(b), Some(remaining)) = (bucket.as_mut(), header(remaining_name)) {
+            if let (Some(b), Some(remaining)) = (bucket.as_mut(), remaining) {
                 b.level = b.level.min(remaining);
             }
         }
@@ -281,7 +281,6 @@ impl Governor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[tokio::test(start_paused = true)]
     async fn paces_to_the_token_budget() {
@@ -309,33 +308,29 @@ mod tests {
     async fn a_429_pauses_and_halves_concurrency() {
         let g = Governor::new(Budget::default(), 64);
         for _ in 0..40 {
-            g.observe(&HeaderMap::new(), None);
+            g.observe(RateSignals::default(), None);
         }
         let before = g.concurrency();
         assert!(before > 4, "{before}");
-        g.observe(&HeaderMap::new(), Some(Duration::from_secs(2)));
+        g.observe(RateSignals::default(), Some(Duration::from_secs(2)));
         assert_eq!(g.concurrency(), before / 2);
         let start = Instant::now();
         drop(g.acquire(1, None).await.unwrap());
         assert!(start.elapsed() >= Duration::from_secs(2));
         let soon = Instant::now() + Duration::from_millis(10);
-        g.observe(&HeaderMap::new(), Some(Duration::from_secs(5)));
+        g.observe(RateSignals::default(), Some(Duration::from_secs(5)));
         assert!(g.acquire(1, Some(soon)).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn learns_limits_and_remaining_from_headers() {
         let g = Governor::new(Budget::default(), 8);
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-ratelimit-limit-tokens",
-            HeaderValue::from_static("60000"),
-        );
-        h.insert(
-            "x-ratelimit-remaining-tokens",
-            HeaderValue::from_static("0"),
-        );
-        g.observe(&h, None);
+        let h = RateSignals {
+            limit_tokens: Some(60_000.0),
+            remaining_tokens: Some(0.0),
+            ..RateSignals::default()
+        };
+        g.observe(h, None);
         let start = Instant::now();
         // 1,000 tokens refill in one second at 60,000 a minute.
         drop(g.acquire(1_000, None).await.unwrap());
@@ -355,16 +350,12 @@ mod tests {
             },
             8,
         );
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-ratelimit-limit-tokens",
-            HeaderValue::from_static("180000"),
-        );
-        h.insert(
-            "x-ratelimit-remaining-tokens",
-            HeaderValue::from_static("3000"),
-        );
-        g.observe(&h, None);
+        let h = RateSignals {
+            limit_tokens: Some(180_000.0),
+            remaining_tokens: Some(3_000.0),
+            ..RateSignals::default()
+        };
+        g.observe(h, None);
         // 1,000 tokens of the remaining 3,000 are this share's; the next 1,000
         // refill in one second at a third of 180,000 a minute.
         let start = Instant::now();

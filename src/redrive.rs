@@ -41,20 +41,20 @@ pub async fn redrive(
             break;
         }
         let received = dlq
-            .receive_hidden(room as i32, Duration::from_secs(1), Some(SKIP_VISIBILITY))
+            .receive_hidden(room as usize, Duration::from_secs(1), Some(SKIP_VISIBILITY))
             .await?;
         if received.is_empty() {
             break;
         }
         let mut bodies = Vec::new();
         let mut receipts = Vec::new();
-        for (msg, receipt) in received {
-            match BatchMessage::parse(&msg.body) {
+        for delivery in received {
+            match BatchMessage::parse(&delivery.message.body) {
                 Err(_) => report.unreadable += 1,
                 Ok(m) if run.is_some_and(|r| r != m.run_id) => report.skipped += 1,
                 Ok(_) => {
-                    bodies.push(msg.body);
-                    receipts.push(receipt);
+                    bodies.push(delivery.message.body);
+                    receipts.push(delivery.receipt);
                 }
             }
         }

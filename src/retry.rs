@@ -33,16 +33,7 @@ impl Backoff {
         deadline: Option<Instant>,
         margin: Duration,
     ) -> Option<Duration> {
-        if attempt >= self.max_attempts {
-            return None;
-        }
-        let exp = self
-            .base
-            .saturating_mul(
-                1u32.checked_shl(attempt.saturating_sub(1))
-                    .unwrap_or(u32::MAX),
-            )
-            .min(self.cap);
+        let exp = self.exact_delay(attempt)?;
         let jittered = Duration::from_secs_f64(rand::rng().random_range(0.0..=exp.as_secs_f64()));
         let delay = match server_hint {
             // Full jitter below the server's hint would hit the limit again; add a
@@ -56,6 +47,21 @@ impl Backoff {
             }
         }
         Some(delay)
+    }
+
+    /// The wait before attempt `attempt + 1` without jitter: `base` doubled for
+    /// each attempt after the first, at most `cap`; `None` once the attempts are
+    /// spent. For a schedule that must hold, such as how long a message's
+    /// redeliveries ride out an outage: full jitter could spend them in an instant.
+    pub fn exact_delay(&self, attempt: u32) -> Option<Duration> {
+        (attempt < self.max_attempts).then(|| {
+            self.base
+                .saturating_mul(
+                    1u32.checked_shl(attempt.saturating_sub(1))
+                        .unwrap_or(u32::MAX),
+                )
+                .min(self.cap)
+        })
     }
 }
 
@@ -112,6 +118,18 @@ mod tests {
         assert_eq!(parse_go_duration("soon"), None);
         assert_eq!(parse_go_duration(""), None);
         assert_eq!(parse_go_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn exact_delays_double_up_to_the_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(40),
+            max_attempts: 5,
+        };
+        let delays: Vec<_> = (1..=5).map(|n| b.exact_delay(n)).collect();
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(delays, [ms(10), ms(20), ms(40), ms(40), None]);
     }
 
     #[test]

@@ -1,96 +1,181 @@
-//! The two ways to run workers outside Lambda: `backfill work` consumes SQS the
-//! way Lambda's event source mapping does, `backfill run` wires a dispatcher to
-//! in-process workers through a memory queue.
+//! Workers outside Lambda, one consumer loop for both queues: `backfill work`
+//! consumes SQS the way Lambda's event source mapping does, and `backfill run`
+//! wires a dispatcher to the same loop through a memory queue. What differs
+//! is the queue's (when it is drained, when a left message comes back) or an
+//! option's (when to stop, how a failure is settled).
 
 use crate::dispatch::{DispatchError, DispatchOptions, DispatchSummary, Dispatcher};
 use crate::failpoint;
 use crate::ids::RunId;
-use crate::queue::{MemoryQueue, QueueError, SqsQueue};
+use crate::queue::{IncomingMessage, MemoryQueue, Queue, QueueError, Settle};
 use crate::retry::Backoff;
-use crate::worker::Worker;
+use crate::worker::{BatchReport, Worker, WorkerError};
+use async_trait::async_trait;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Tallies of messages handled by one consumer.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, PartialEq, Serialize)]
 pub struct Tally {
     pub messages: u64,
     pub succeeded: u64,
+    /// Failed deliveries left to the queue or given up on.
     pub failed: u64,
+    /// Failed deliveries sent back to be tried again after a delay.
+    pub redelivered: u64,
     pub documents_embedded: u64,
     pub tokens: u64,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    messages: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    embedded: AtomicU64,
-    tokens: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> Tally {
-        Tally {
-            messages: self.messages.load(Ordering::Relaxed),
-            succeeded: self.succeeded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            documents_embedded: self.embedded.load(Ordering::Relaxed),
-            tokens: self.tokens.load(Ordering::Relaxed),
+impl Tally {
+    /// Counts one delivery's result, and says how the queue is to settle it.
+    fn record(
+        &mut self,
+        result: Result<BatchReport, WorkerError>,
+        receive_count: u32,
+        on_failure: OnFailure,
+    ) -> Settle {
+        self.messages += 1;
+        match result {
+            Ok(r) => {
+                self.succeeded += 1;
+                self.documents_embedded += r.embedded;
+                self.tokens += r.tokens;
+                Settle::Delete
+            }
+            Err(e) => {
+                let settle = on_failure.settle(&e, receive_count);
+                match settle {
+                    Settle::RedeliverAfter(_) => self.redelivered += 1,
+                    Settle::Delete | Settle::Leave => self.failed += 1,
+                }
+                settle
+            }
         }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.messages += other.messages;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.redelivered += other.redelivered;
+        self.documents_embedded += other.documents_embedded;
+        self.tokens += other.tokens;
     }
 }
 
-/// The pauses between failed receives that `consume_sqs` rides out once the
-/// queue has answered: doubling, jittered, about two minutes at most in all.
+/// The pauses between failed receives that the loop rides out once the queue
+/// has answered: doubling, jittered, about two minutes at most in all.
 const RECEIVE_BACKOFF: Backoff = Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(30),
     max_attempts: 9,
 };
 
-/// Options of the SQS consumer.
+/// How the loop settles a delivery that failed.
+#[derive(Clone, Copy, Debug)]
+pub enum OnFailure {
+    /// Leave it to the queue, as Lambda does: SQS brings it back after the
+    /// visibility timeout, and its redrive policy moves it to the dead-letter
+    /// queue in the end.
+    Leave,
+    /// Bring a transient failure back after the backoff's exact delay for its
+    /// receive count, until `max_attempts` receives; delete the others, failed
+    /// for good (the worker recorded why in the batch row).
+    Redeliver(Backoff),
+}
+
+impl OnFailure {
+    fn settle(self, error: &WorkerError, receive_count: u32) -> Settle {
+        match self {
+            OnFailure::Leave => Settle::Leave,
+            OnFailure::Redeliver(backoff) => backoff
+                .exact_delay(receive_count)
+                .filter(|_| error.is_transient())
+                .map_or(Settle::Delete, Settle::RedeliverAfter),
+        }
+    }
+}
+
+/// Options of the consumer loop.
 #[derive(Clone, Debug)]
 pub struct ConsumeOptions {
-    /// Stop when a receive finds the queue empty, instead of polling forever.
+    /// Stop when a receive finds the queue empty, instead of when the queue
+    /// is drained (never, for SQS).
     pub until_empty: bool,
     /// Receive loops running at once, each taking up to `batch_size` messages.
     pub concurrency: usize,
-    /// Messages per receive (1-10), handled as one event.
-    pub batch_size: i32,
+    /// Messages per receive (1-10 on SQS), handled as one event.
+    pub batch_size: usize,
     /// Long-poll wait of each receive.
     pub wait: Duration,
     /// Time one event may take, as a Lambda timeout would bound it.
     pub message_timeout: Duration,
+    pub on_failure: OnFailure,
 }
 
-/// Long-polls `queue`, hands each receive to the worker as one event, deletes
-/// what succeeded and leaves failures to the visibility timeout.
-pub async fn consume_sqs(
+/// What the loop hands each receive to: the worker, or a stand-in in tests.
+#[async_trait]
+trait Handler: Sync {
+    async fn handle_event(
+        &self,
+        messages: &[IncomingMessage],
+        deadline: Instant,
+    ) -> Vec<Result<BatchReport, WorkerError>>;
+}
+
+#[async_trait]
+impl Handler for Worker {
+    async fn handle_event(
+        &self,
+        messages: &[IncomingMessage],
+        deadline: Instant,
+    ) -> Vec<Result<BatchReport, WorkerError>> {
+        self.handle_all(messages, Some(deadline)).await
+    }
+}
+
+/// Receives from `queue`, hands each receive to the worker as one event with
+/// its own deadline, and settles each message by its result, until the
+/// options or the queue say to stop.
+pub async fn consume<Q: Queue + ?Sized>(
     worker: &Worker,
-    queue: &SqsQueue,
+    queue: &Q,
     opts: &ConsumeOptions,
 ) -> Result<Tally, QueueError> {
-    let counters = Counters::default();
-    let stop = AtomicBool::new(false);
-    let reached = AtomicBool::new(false);
     // A batch's lease ends with the message's visibility timeout, so the
-    // message SQS brings back after a crash finds its batch free.
-    let worker = &match queue.visibility_timeout().await {
-        Ok(v) => worker.clone().with_lease_cap(v),
+    // message the queue brings back after a crash finds its batch free.
+    let capped;
+    let worker = match queue.visibility_timeout().await {
+        Ok(Some(visibility)) => {
+            capped = worker.clone().with_lease_cap(visibility);
+            &capped
+        }
+        Ok(None) => worker,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the queue's visibility timeout; batches are leased until each delivery's deadline");
-            worker.clone()
+            worker
         }
     };
+    consume_with(worker, queue, opts).await
+}
+
+/// The one loop, over any handler so that its logic is tested without a stack.
+async fn consume_with<Q: Queue + ?Sized, H: Handler>(
+    handler: &H,
+    queue: &Q,
+    opts: &ConsumeOptions,
+) -> Result<Tally, QueueError> {
+    let stop = AtomicBool::new(false);
+    let reached = AtomicBool::new(false);
     let loops = (0..opts.concurrency.max(1)).map(|_| async {
+        let mut tally = Tally::default();
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            let received = match queue.receive(opts.batch_size.clamp(1, 10), opts.wait).await {
+            let received = match queue.receive(opts.batch_size, opts.wait).await {
                 Ok(r) => {
                     reached.store(true, Ordering::Relaxed);
                     failures = 0;
@@ -111,42 +196,37 @@ pub async fn consume_sqs(
                 }
             };
             if received.is_empty() {
-                if opts.until_empty {
+                if opts.until_empty || queue.is_drained() {
                     stop.store(true, Ordering::Relaxed);
                 }
                 continue;
             }
-            let (messages, receipts): (Vec<_>, Vec<_>) = received.into_iter().unzip();
+            let (messages, receipts): (Vec<_>, Vec<_>) =
+                received.into_iter().map(|r| (r.message, r.receipt)).unzip();
             let deadline = Instant::now() + opts.message_timeout;
-            let results = worker.handle_all(&messages, Some(deadline)).await;
-            let mut done = Vec::new();
-            for (receipt, result) in receipts.into_iter().zip(results) {
-                counters.messages.fetch_add(1, Ordering::Relaxed);
-                match result {
-                    Ok(r) => {
-                        counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                        counters.embedded.fetch_add(r.embedded, Ordering::Relaxed);
-                        counters.tokens.fetch_add(r.tokens, Ordering::Relaxed);
-                        done.push(receipt);
-                    }
-                    Err(_) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            let results = handler.handle_event(&messages, deadline).await;
+            let settled: Vec<(String, Settle)> = receipts
+                .into_iter()
+                .zip(messages.iter().zip(results))
+                .map(|(receipt, (msg, result))| {
+                    let settle = tally.record(result, msg.receive_count, opts.on_failure);
+                    (receipt, settle)
+                })
+                .collect();
             failpoint::crash_point("work_before_delete");
-            // Undeleted messages come back after the visibility timeout and are
-            // skipped as already done: a failed delete costs a little time only.
-            if let Err(e) = queue.delete(&done).await {
-                tracing::warn!(error = %e, messages = done.len(), "delete failed; the messages will be redelivered and skipped");
+            // What is not settled comes back after the visibility timeout and
+            // is skipped if done: a failed settle costs a little time only.
+            if let Err(e) = queue.settle(&settled).await {
+                tracing::warn!(error = %e, messages = settled.len(), "settling failed; those messages come back and are skipped if done");
             }
         }
-        Ok::<(), QueueError>(())
+        Ok(tally)
     });
-    for result in futures::future::join_all(loops).await {
-        result?;
+    let mut total = Tally::default();
+    for tally in futures::future::join_all(loops).await {
+        total.add(tally?);
     }
-    Ok(counters.snapshot())
+    Ok(total)
 }
 
 /// Options of the all-in-one local run.
@@ -154,57 +234,53 @@ pub async fn consume_sqs(
 pub struct LocalOptions {
     pub concurrency: usize,
     pub max_receive_count: u32,
-    /// First redelivery delay of a failed batch; doubles with each delivery.
+    /// First redelivery delay of a failed batch; doubles with each delivery,
+    /// up to 64 times this.
     pub retry_delay: Duration,
     pub message_timeout: Duration,
 }
 
-/// Dispatches into a memory queue while `concurrency` workers drain it; returns
-/// when every message has succeeded or used up its deliveries.
+impl LocalOptions {
+    /// One message a receive, until the dispatch has ended and the queue is
+    /// drained; the memory queue wakes its receivers as soon as there is
+    /// something to do, so the wait only bounds an idle receive.
+    fn consume_options(&self) -> ConsumeOptions {
+        ConsumeOptions {
+            until_empty: false,
+            concurrency: self.concurrency,
+            batch_size: 1,
+            wait: Duration::from_secs(20),
+            message_timeout: self.message_timeout,
+            on_failure: OnFailure::Redeliver(Backoff {
+                base: self.retry_delay,
+                cap: self.retry_delay.saturating_mul(64),
+                max_attempts: self.max_receive_count,
+            }),
+        }
+    }
+}
+
+/// Dispatches into `queue` (the dispatcher's) while the consumer loop drains
+/// it; returns when every message has succeeded or used up its deliveries.
 pub async fn run_local(
     dispatcher: &Dispatcher<Arc<MemoryQueue>>,
-    queue: Arc<MemoryQueue>,
+    queue: &MemoryQueue,
     worker: &Worker,
     run: RunId,
     options: &DispatchOptions,
     local: &LocalOptions,
 ) -> Result<(DispatchSummary, Tally), DispatchError> {
-    let counters = Counters::default();
-    let dispatched = AtomicBool::new(false);
     let dispatch = async {
         let result = dispatcher.dispatch_run(run, options, None).await;
-        dispatched.store(true, Ordering::SeqCst);
+        // Whether it ended well or not, nothing more is coming.
+        queue.close();
         result
     };
-    let workers = (0..local.concurrency.max(1)).map(|_| async {
-        loop {
-            let Some(msg) = queue.receive(Duration::from_millis(100)).await else {
-                if dispatched.load(Ordering::SeqCst) && queue.is_drained() {
-                    break;
-                }
-                continue;
-            };
-            counters.messages.fetch_add(1, Ordering::Relaxed);
-            let deadline = Instant::now() + local.message_timeout;
-            match worker.handle(&msg, Some(deadline)).await {
-                Ok(r) => {
-                    counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                    counters.embedded.fetch_add(r.embedded, Ordering::Relaxed);
-                    counters.tokens.fetch_add(r.tokens, Ordering::Relaxed);
-                    queue.ack();
-                }
-                Err(e) if e.is_transient() && msg.receive_count < local.max_receive_count => {
-                    let delay =
-                        local.retry_delay * 2u32.pow(msg.receive_count.saturating_sub(1).min(6));
-                    queue.redeliver(msg, delay);
-                }
-                Err(_) => {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    queue.ack();
-                }
-            }
-        }
-    });
-    let (summary, _) = tokio::join!(dispatch, futures::future::join_all(workers));
-    Ok((summary?, counters.snapshot()))
+    let consume_options = local.consume_options();
+    let consume = consume(worker, queue, &consume_options);
+    let (summary, tally) = tokio::join!(dispatch, consume);
+    Ok((summary?, tally?))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,10 @@
 //! Builds the stores, embedder and queue from settings: the same wiring for the
 //! Lambdas, the CLI and the tests.
 
-use crate::config::{ConfigError, Env};
+use crate::config::{ConfigError, EmbeddingConfig, Env};
 use crate::dispatch::Dispatcher;
 use crate::documents::DocumentStore;
-use crate::embedder::{EmbedError, Embedder};
+use crate::embedder::{self, EmbedError, Embedder};
 use crate::queue::{Queue, SqsQueue};
 use crate::status::StatusStore;
 use crate::supabase::{Rest, RestError};
@@ -39,43 +39,45 @@ pub fn worker<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     stores: &Stores,
 ) -> Result<Worker, SetupError> {
-    let embedder = Embedder::new(&env.openai()?)?;
-    let max_receive_count = env.max_receive_count()?;
+    worker_from(&env.embedding()?, stores, env.max_receive_count()?)
+}
+
+/// From settings already read, so the CLI can set its flags over them first.
+pub fn worker_from(
+    embedding: &EmbeddingConfig,
+    stores: &Stores,
+    max_receive_count: u32,
+) -> Result<Worker, SetupError> {
     Ok(Worker::new(
         stores.docs.clone(),
         stores.status.clone(),
-        embedder,
+        Embedder::new(embedding)?,
         max_receive_count,
     ))
 }
 
-/// The model and dimensions a run records; the key is not needed to dispatch.
+/// The provider's limits, tokenizer and prices; its key is not needed to dispatch.
 pub fn dispatcher<Q: Queue, F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     stores: &Stores,
     queue: Q,
 ) -> Result<Dispatcher<Q>, SetupError> {
-    let model = env_or(env, "OPENAI_EMBEDDING_MODEL", "text-embedding-3-small");
-    let dimensions = env_or(env, "BACKFILL_EMBEDDING_DIMENSIONS", "1536")
-        .parse()
-        .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
-            name: "BACKFILL_EMBEDDING_DIMENSIONS",
-            value: env_or(env, "BACKFILL_EMBEDDING_DIMENSIONS", ""),
-            reason: e.to_string(),
-        })?;
-    Ok(Dispatcher::new(
+    Ok(dispatcher_from(&env.embedding()?, stores, queue))
+}
+
+/// From settings already read, like [`worker_from`], so one run's dispatcher
+/// and worker share them.
+pub fn dispatcher_from<Q: Queue>(
+    embedding: &EmbeddingConfig,
+    stores: &Stores,
+    queue: Q,
+) -> Dispatcher<Q> {
+    Dispatcher::new(
         stores.docs.clone(),
         stores.status.clone(),
         queue,
-        model,
-        dimensions,
-    ))
-}
-
-fn env_or<F: Fn(&str) -> Option<String>>(env: &Env<F>, name: &str, default: &str) -> String {
-    (env.0)(name)
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
+        embedder::provider(embedding),
+    )
 }
 
 pub async fn sqs_queue<F: Fn(&str) -> Option<String>>(

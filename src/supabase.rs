@@ -10,19 +10,27 @@ use serde_json::Value;
 use std::time::Duration;
 use thiserror::Error;
 
-/// The migration that creates each RPC function, so a missing one names its fix.
-/// The first match wins, so later migrations' functions come first.
+/// The file of infra/migrations/idempotent/ that defines each RPC function, so
+/// a missing one names its fix: scripts/migrate.sh applies every such file on
+/// every run. A function it does not know points at the directory.
 const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[
-    ("backfill_page_documents", "0007_supabase_limits.sql"),
-    ("backfill_fetch_documents", "0007_supabase_limits.sql"),
-    ("backfill_batch_refs", "0007_supabase_limits.sql"),
-    ("backfill_coverage", "0007_supabase_limits.sql"),
-    ("backfill_write_vectors", "0010_vector_chunks.sql"),
-    ("backfill_reopen_batches", "0009_recovery.sql"),
-    ("backfill_resume_dispatch", "0009_recovery.sql"),
-    ("backfill_create_run", "0005_backfill_guards.sql"),
-    ("backfill_note_run_error", "0005_backfill_guards.sql"),
-    ("backfill_", "0004_backfill_rpc.sql"),
+    ("backfill_schema_version", "idempotent/001_helpers.sql"),
+    ("backfill_page_documents", "idempotent/002_documents.sql"),
+    ("backfill_fetch_documents", "idempotent/002_documents.sql"),
+    ("backfill_write_vectors", "idempotent/002_documents.sql"),
+    ("backfill_coverage", "idempotent/002_documents.sql"),
+    ("backfill_create_run", "idempotent/003_runs.sql"),
+    ("backfill_add_batches", "idempotent/003_runs.sql"),
+    ("backfill_mark_queued", "idempotent/003_runs.sql"),
+    ("backfill_finish_dispatch", "idempotent/003_runs.sql"),
+    ("backfill_note_run_error", "idempotent/003_runs.sql"),
+    ("backfill_resume_dispatch", "idempotent/003_runs.sql"),
+    ("backfill_run_status", "idempotent/003_runs.sql"),
+    ("backfill_batch_refs", "idempotent/004_batches.sql"),
+    ("backfill_reopen_batches", "idempotent/004_batches.sql"),
+    ("backfill_begin_batch", "idempotent/004_batches.sql"),
+    ("backfill_complete_batch", "idempotent/004_batches.sql"),
+    ("backfill_fail_batch", "idempotent/004_batches.sql"),
 ];
 const MIGRATE_HINT: &str = "run scripts/migrate.sh with DATABASE_URL pointing at the database";
 
@@ -274,9 +282,9 @@ impl Rest {
         let migration_for_function = || {
             FUNCTION_MIGRATIONS
                 .iter()
-                .find(|(prefix, _)| function.starts_with(prefix))
+                .find(|(name, _)| function == *name)
                 .map(|(_, m)| *m)
-                .unwrap_or("0004_backfill_rpc.sql")
+                .unwrap_or("idempotent/")
         };
         match code.as_str() {
             "57014" => RestError::StatementTimeout {
@@ -292,20 +300,20 @@ impl Rest {
             },
             "42704" if message.contains("vector") => RestError::MissingMigration {
                 what: "the pgvector extension".into(),
-                migration: "0002_add_vector_search.sql",
+                migration: "incremental/0002_add_vector_search.sql",
                 message,
             },
             "42703" => RestError::MissingMigration {
                 what: "a column the backfill needs (set BACKFILL_*_COLUMN if yours is named differently)".into(),
-                migration: "0002_add_vector_search.sql",
+                migration: "incremental/0002_add_vector_search.sql",
                 message,
             },
             "42P01" | "PGRST205" => RestError::MissingMigration {
                 what: "a table the backfill needs (set BACKFILL_TABLE if yours is named differently)".into(),
                 migration: if message.contains("backfill_") {
-                    "0003_backfill_status.sql"
+                    "incremental/0003_backfill_status.sql"
                 } else {
-                    "0001_documents_table.sql"
+                    "incremental/0001_documents_table.sql"
                 },
                 message,
             },

@@ -5,8 +5,8 @@ mod common;
 use common::{insert_docs, run_of, sample_texts, unique, vectors, Stack, Standin};
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::handlers;
-use embed_backfill::queue::SqsQueue;
-use embed_backfill::runner::{self, ConsumeOptions};
+use embed_backfill::queue::{Queue, SqsQueue};
+use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
 use embed_backfill::status::RunState;
 use embed_backfill::tokens;
 use std::time::Duration;
@@ -20,6 +20,7 @@ fn drain_opts() -> ConsumeOptions {
         batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(60),
+        on_failure: OnFailure::Leave,
     }
 }
 
@@ -38,7 +39,7 @@ async fn dispatch(
 
 async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
     let worker = stack.worker();
-    runner::consume_sqs(&worker, queue, &drain_opts())
+    runner::consume(&worker, queue, &drain_opts())
         .await
         .expect("drain")
 }
@@ -273,7 +274,7 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
     let summary = dispatch(&stack, &queue, &format!(r#"{{"archive": "{archive}"}}"#)).await;
     let received = queue.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(received.len(), 1);
-    let msg = &received[0].0;
+    let msg = &received[0].message;
 
     let stores = stack.stores();
     let worker = stack.worker();
@@ -325,7 +326,7 @@ async fn bad_messages_fail_alone_in_an_sqs_event() {
         .await
         .unwrap()
         .remove(0)
-        .0;
+        .message;
     let unknown_run = format!(
         r#"{{"v":1,"run_id":"{}","batch":0,"first_id":1,"last_id":2}}"#,
         uuid::Uuid::new_v4()

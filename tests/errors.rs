@@ -4,6 +4,7 @@ mod common;
 
 use common::{insert_docs, run_of, unique, Stack, Standin};
 use embed_backfill::embedder::EmbedError;
+use embed_backfill::queue::Queue;
 use embed_backfill::supabase::{Rest, RestError};
 use embed_backfill::worker::WorkerError;
 use std::time::Duration;
@@ -94,7 +95,7 @@ async fn one_failing_batch(
         .await
         .unwrap()
         .remove(0)
-        .0;
+        .message;
     let worker = stack.worker();
     let err = worker.handle(&msg, None).await.unwrap_err();
     let requests = standin.stats().await["requests"].as_u64().unwrap();
@@ -169,7 +170,10 @@ async fn a_missing_column_names_the_migration() {
     let err = stores.docs.page(None, None, 10).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
-    assert!(text.contains("0002_add_vector_search.sql"), "{text}");
+    assert!(
+        text.contains("infra/migrations/incremental/0002_add_vector_search.sql"),
+        "{text}"
+    );
     pg.batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
@@ -189,7 +193,10 @@ async fn a_missing_function_names_the_migration() {
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
-    assert!(text.contains("0004_backfill_rpc.sql"), "{text}");
+    assert!(
+        text.contains("infra/migrations/idempotent/") && text.contains("scripts/migrate.sh"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

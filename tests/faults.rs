@@ -7,9 +7,9 @@ mod common;
 use common::{insert_docs, run_of, unique, vectors, PrivateRest, Stack, Standin};
 use embed_backfill::dispatch::{DispatchError, DispatchRequest};
 use embed_backfill::handlers::{self, HandlerError};
-use embed_backfill::queue::{BatchMessage, SqsQueue};
+use embed_backfill::queue::{BatchMessage, Queue, Received, SqsQueue};
 use embed_backfill::redrive;
-use embed_backfill::runner::{self, ConsumeOptions};
+use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
 use embed_backfill::status::RunState;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -30,12 +30,13 @@ fn drain_opts(timeout: Duration) -> ConsumeOptions {
         batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: timeout,
+        on_failure: OnFailure::Leave,
     }
 }
 
 async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
     let worker = stack.worker();
-    runner::consume_sqs(&worker, queue, &drain_opts(Duration::from_secs(60)))
+    runner::consume(&worker, queue, &drain_opts(Duration::from_secs(60)))
         .await
         .unwrap()
 }
@@ -186,7 +187,7 @@ async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
     // `running` by a last delivery that crashed: nothing will come back alone.
     let gone = queue.receive(10, Duration::from_secs(2)).await.unwrap();
     assert_eq!(gone.len(), 2);
-    let receipts: Vec<String> = gone.into_iter().map(|(_, r)| r).collect();
+    let receipts: Vec<String> = gone.into_iter().map(|r| r.receipt).collect();
     queue.delete(&receipts).await.unwrap();
     pg.batch_execute(&format!(
         "UPDATE backfill_batches SET state = 'running', attempts = 5 WHERE run_id = '{run_id}' AND seq = 0"
@@ -297,9 +298,10 @@ async fn dead_letters_are_redriven_and_counted_once() {
         batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(1),
+        on_failure: OnFailure::Leave,
     };
     for _ in 0..30 {
-        runner::consume_sqs(&worker, &queue, &short).await.unwrap();
+        runner::consume(&worker, &queue, &short).await.unwrap();
         if stack.queue_depth(queue.url()).await == 0 && stack.queue_depth(&dlq_url).await >= 3 {
             break;
         }
@@ -477,8 +479,9 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
         batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(60),
+        on_failure: OnFailure::Leave,
     };
-    let work = runner::consume_sqs(&worker, &queue, &consume);
+    let work = runner::consume(&worker, &queue, &consume);
     let outage = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         rest.stop();
@@ -618,7 +621,10 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
         .dispatch(&options(&format!(r#"{{"archive": "{archive}"}}"#)))
         .await
         .unwrap();
-    let (good, good_receipt) = queue
+    let Received {
+        message: good,
+        receipt: good_receipt,
+    } = queue
         .receive(1, Duration::from_secs(2))
         .await
         .unwrap()
@@ -651,7 +657,7 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     }
     let mut records: Vec<serde_json::Value> = received
         .iter()
-        .map(|(m, _)| serde_json::json!({"messageId": m.message_id, "body": m.body, "attributes": {"ApproximateReceiveCount": "1"}}))
+        .map(|Received { message: m, .. }| serde_json::json!({"messageId": m.message_id, "body": m.body, "attributes": {"ApproximateReceiveCount": "1"}}))
         .collect();
     records.push(serde_json::json!({"messageId": "good", "body": good, "attributes": {}}));
     let event: aws_lambda_events::event::sqs::SqsEvent =
@@ -775,7 +781,7 @@ async fn keys_never_reach_the_output() {
             .supabase()
             .unwrap()
     );
-    let openai = format!("{:?}", stack.env().openai().unwrap());
+    let openai = format!("{:?}", stack.env().embedding().unwrap());
     for secret in &secrets {
         for debug in [&cfg, &legacy, &openai] {
             assert!(!debug.contains(secret.as_str()), "a key in Debug output");

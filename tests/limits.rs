@@ -10,7 +10,7 @@ use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::ids::{BatchSeq, RunId};
 use embed_backfill::queue::MemoryQueue;
 use embed_backfill::redrive;
-use embed_backfill::runner::{self, ConsumeOptions, LocalOptions};
+use embed_backfill::runner::{self, ConsumeOptions, LocalOptions, OnFailure};
 use embed_backfill::status::RunState;
 use embed_backfill::supabase::RestError;
 use embed_backfill::tokens;
@@ -33,6 +33,7 @@ fn drain_opts() -> ConsumeOptions {
         batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(120),
+        on_failure: OnFailure::Leave,
     }
 }
 
@@ -111,7 +112,7 @@ async fn dispatch_work_and_verify_are_exact_under_a_cap_of_100_with_batches_of_2
         .unwrap();
     assert!(summary.complete);
     assert_eq!((summary.documents, summary.batches), (1_234, 5));
-    let tally = runner::consume_sqs(&stack.worker(), &queue, &drain_opts())
+    let tally = runner::consume(&stack.worker(), &queue, &drain_opts())
         .await
         .unwrap();
     common::assert_all_handled(&tally, 5);
@@ -160,7 +161,7 @@ async fn backfill_run_embeds_batches_of_1000_under_a_cap_of_100() {
     let run = RunId::random();
     let (summary, tally) = runner::run_local(
         &dispatcher,
-        queue,
+        &queue,
         &stack.worker(),
         run,
         &options(&format!(
@@ -228,7 +229,7 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
     assert_eq!(summary.batches, 150);
     assert_eq!(stack.queue_depth(third.url()).await, 150);
 
-    let tally = runner::consume_sqs(&stack.worker(), &third, &drain_opts())
+    let tally = runner::consume(&stack.worker(), &third, &drain_opts())
         .await
         .unwrap();
     common::assert_all_handled(&tally, 150);
@@ -243,7 +244,7 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
         (150, 150, 0)
     );
     // The other queues' copies are duplicates now: each is skipped, nothing counts twice.
-    runner::consume_sqs(&stack.worker(), &second, &drain_opts())
+    runner::consume(&stack.worker(), &second, &drain_opts())
         .await
         .unwrap();
     let after = run_of(&status, run).await;
@@ -292,7 +293,7 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
     .await
     .unwrap();
     rest.reset_stats().await;
-    let tally = runner::consume_sqs(&stack.worker(), &queue, &drain_opts())
+    let tally = runner::consume(&stack.worker(), &queue, &drain_opts())
         .await
         .unwrap();
     assert!(tally.succeeded == 0 && tally.failed >= 1, "{tally:?}");
@@ -325,7 +326,7 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
             .unwrap(),
         1
     );
-    runner::consume_sqs(&stack.worker(), &again, &drain_opts())
+    runner::consume(&stack.worker(), &again, &drain_opts())
         .await
         .unwrap();
     let done = run_of(&status, run).await;
@@ -415,7 +416,7 @@ async fn texts_too_large_to_fetch_whole_come_in_bounded_answers_and_are_cut_in_t
         .collect();
     let ids = insert(&pg, &archive, &texts).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 100).await;
-    let tally = runner::consume_sqs(&stack.worker(), &queue, &drain_opts())
+    let tally = runner::consume(&stack.worker(), &queue, &drain_opts())
         .await
         .unwrap();
     common::assert_all_handled(&tally, 1);

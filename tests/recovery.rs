@@ -9,9 +9,11 @@ use async_trait::async_trait;
 use common::{insert_docs, run_of, unique, vectors, Gateway, Stack, Standin};
 use embed_backfill::dispatch::{DispatchRequest, DispatchSummary};
 use embed_backfill::handlers;
-use embed_backfill::queue::{BatchMessage, IncomingMessage, Queue, QueueError, SqsQueue};
+use embed_backfill::queue::{
+    BatchMessage, IncomingMessage, Queue, QueueError, Received, Settle, SqsQueue,
+};
 use embed_backfill::redrive;
-use embed_backfill::runner::{self, ConsumeOptions};
+use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
 use embed_backfill::status::RunState;
 use embed_backfill::supabase::RestError;
 use embed_backfill::worker::WorkerError;
@@ -28,11 +30,12 @@ fn drain_opts() -> ConsumeOptions {
         batch_size: 10,
         wait: Duration::from_secs(1),
         message_timeout: Duration::from_secs(60),
+        on_failure: OnFailure::Leave,
     }
 }
 
 async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
-    runner::consume_sqs(&stack.worker(), queue, &drain_opts())
+    runner::consume(&stack.worker(), queue, &drain_opts())
         .await
         .unwrap()
 }
@@ -70,7 +73,7 @@ async fn batch_state(pg: &tokio_postgres::Client, run: embed_backfill::ids::RunI
 /// One message from `queue`, as the worker gets it.
 async fn receive_one(queue: &SqsQueue) -> IncomingMessage {
     for _ in 0..20 {
-        if let Some((msg, _)) = queue
+        if let Some(Received { message: msg, .. }) = queue
             .receive(1, Duration::from_secs(1))
             .await
             .unwrap()
@@ -183,6 +186,18 @@ impl Queue for RevokingQueue<'_> {
                 .await;
         }
         Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
+        self.inner.receive(max, wait).await
+    }
+
+    async fn settle(&self, settled: &[(String, Settle)]) -> Result<(), QueueError> {
+        self.inner.settle(settled).await
+    }
+
+    async fn visibility_timeout(&self) -> Result<Option<Duration>, QueueError> {
+        self.inner.visibility_timeout().await
     }
 }
 

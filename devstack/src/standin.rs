@@ -6,7 +6,7 @@
 //! text, and nearest neighbours still mean something in a demo.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -154,6 +155,10 @@ pub fn router(config: Config) -> Router {
     });
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(azure_embeddings),
+        )
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/stats", get(stats))
@@ -209,7 +214,43 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = handle(&state, &headers, &body).await;
+    let response = handle(&state, &headers, &body, None).await;
+    count_status(&state, response)
+}
+
+/// Azure OpenAI's shape: the deployment in the path (it serves the model of
+/// that name), `api-version` in the query, the key in an `api-key` header.
+async fn azure_embeddings(
+    State(state): State<Arc<AppState>>,
+    Path(deployment): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !query.contains_key("api-version") {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "404", "message": "Resource not found"}})),
+        )
+            .into_response();
+    }
+    let key = headers.get("api-key").and_then(|v| v.to_str().ok());
+    if key != Some(state.config.api_key.as_str()) {
+        state.stats.requests.fetch_add(1, Ordering::Relaxed);
+        return count_status(
+            &state,
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}})),
+            )
+                .into_response(),
+        );
+    }
+    let response = handle(&state, &headers, &body, Some(deployment)).await;
+    count_status(&state, response)
+}
+
+fn count_status(state: &AppState, response: Response) -> Response {
     let status = response.status();
     if status == StatusCode::TOO_MANY_REQUESTS {
         state.stats.status_429.fetch_add(1, Ordering::Relaxed);
@@ -221,21 +262,38 @@ async fn embeddings(
     response
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Response {
+/// An embeddings request; `deployment` is set when Azure's route, which has
+/// checked the key already, names the model in its path.
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    deployment: Option<String>,
+) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let cfg = &state.config;
+    if deployment.is_none() {
+        if let Some(refused) = check_bearer(cfg, headers) {
+            return refused;
+        }
+    }
+    embed(state, body, deployment).await
+}
+
+/// OpenAI's 401s for a missing or wrong bearer key.
+fn check_bearer(cfg: &Config, headers: &HeaderMap) -> Option<Response> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let Some(key) = auth.strip_prefix("Bearer ").map(str::trim) else {
-        return error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             "invalid_request_error",
             None,
             None,
-        );
+        ));
     };
     if key != cfg.api_key {
         let tail: String = key
@@ -246,14 +304,20 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Response 
             .into_iter()
             .rev()
             .collect();
-        return error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             &format!("Incorrect API key provided: sk-...{tail}. You can find your API key at https://platform.openai.com/account/api-keys."),
             "invalid_request_error",
             None,
             Some("invalid_api_key"),
-        );
+        ));
     }
+    None
+}
+
+/// The embeddings themselves, after the route checked the key.
+async fn embed(state: &AppState, body: &[u8], deployment: Option<String>) -> Response {
+    let cfg = &state.config;
     if cfg.error_rate > 0.0 {
         let mut rng = state.rng.lock().unwrap_or_else(|p| p.into_inner());
         if rng.random::<f64>() < cfg.error_rate {
@@ -348,7 +412,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Response 
             Some("max_tokens_per_request"),
         );
     }
-    let model = req.model.unwrap_or_else(|| "text-embedding-3-small".into());
+    let model = deployment
+        .or(req.model)
+        .unwrap_or_else(|| "text-embedding-3-small".into());
     if !MODELS.contains(&model.as_str()) {
         return error(
             StatusCode::NOT_FOUND,

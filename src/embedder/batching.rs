@@ -1,8 +1,4 @@
-//! Packing a batch's texts into as few embeddings requests as the API allows.
-
-/// OpenAI's per-request limits for `/v1/embeddings`.
-pub const MAX_INPUTS_PER_REQUEST: usize = 2048;
-pub const MAX_TOKENS_PER_REQUEST: usize = 300_000;
+//! Packing a batch's texts into as few embeddings requests as the provider allows.
 
 /// Splits items (with their token counts) into consecutive groups of at most
 /// `max_inputs` items and `max_tokens` tokens, keeping their order.
@@ -11,7 +7,7 @@ pub fn pack(
     max_inputs: usize,
     max_tokens: usize,
 ) -> Vec<std::ops::Range<usize>> {
-    let max_inputs = max_inputs.clamp(1, MAX_INPUTS_PER_REQUEST);
+    let max_inputs = max_inputs.max(1);
     let mut groups = Vec::new();
     let mut start = 0;
     let mut tokens = 0;
@@ -40,8 +36,8 @@ mod tests {
         assert_eq!(pack(&[8000, 8000, 8000], 100, 16_000), vec![0..2, 2..3]);
         assert!(pack(&[], 10, 10).is_empty());
         let many = vec![8191; 100];
-        for g in pack(&many, 100, MAX_TOKENS_PER_REQUEST) {
-            assert!(g.len() * 8191 <= MAX_TOKENS_PER_REQUEST);
+        for g in pack(&many, 100, 300_000) {
+            assert!(g.len() * 8191 <= 300_000);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! cl100k_base token counting and truncation (the tokenizer of OpenAI's
-//! text-embedding-3 and ada-002 models).
+//! text-embedding-3 and ada-002 models, which the providers here serve).
 //!
 //! `bpe-openai` over `tiktoken-rs`: it counts with a limit in time proportional
 //! to the limit, not the text, which is what truncating long documents needs.
@@ -84,6 +84,40 @@ pub fn truncate(text: &str, limit: usize) -> Prepared<'_> {
         text: Cow::Owned(out),
         tokens,
         truncated: true,
+    }
+}
+
+/// A provider's tokenizer: how its model counts and cuts texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokenizer {
+    Cl100k,
+}
+
+impl Tokenizer {
+    pub fn count(self, text: &str) -> usize {
+        match self {
+            Tokenizer::Cl100k => count(text),
+        }
+    }
+
+    pub fn truncate(self, text: &str, limit: usize) -> Prepared<'_> {
+        match self {
+            Tokenizer::Cl100k => truncate(text, limit),
+        }
+    }
+
+    pub fn truncate_owned(self, text: String, limit: usize) -> Prepared<'static> {
+        match self {
+            Tokenizer::Cl100k => truncate_owned(text, limit),
+        }
+    }
+
+    /// The prefix of any text that holds its first `limit` tokens, in
+    /// characters (see `MAX_PREFIX_CHARS`).
+    pub fn prefix_chars(self, limit: usize) -> usize {
+        match self {
+            Tokenizer::Cl100k => limit * LONGEST_TOKEN_BYTES,
+        }
     }
 }
 

@@ -1,24 +1,26 @@
 //! The worker: turns one batch message into vectors in the table and one
 //! counted completion in the status row. Safe to run twice on the same message.
 
-use crate::batching;
+mod bisect;
+
 use crate::documents::DocumentStore;
+use crate::embedder::batching;
+use crate::embedder::tokens;
 use crate::embedder::{EmbedError, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MessageError};
 use crate::status::{BatchState, FailedDocument, StatusStore, VectorRow};
 use crate::supabase::RestError;
-use crate::tokens;
 use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::Instant as StdInstant;
 use thiserror::Error;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Time kept back from the deadline to record a failure and answer.
 const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -153,84 +155,90 @@ impl Worker {
         msg: &IncomingMessage,
         deadline: Option<Instant>,
     ) -> Result<BatchReport, WorkerError> {
+        let m = match BatchMessage::parse(&msg.body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(message_id = ?msg.message_id, error = %e, "message rejected");
+                return Err(WorkerError::Message(e));
+            }
+        };
+        // Every line about this batch, the API's and Supabase's retries too,
+        // carries the run, the batch and its ids from here.
+        let span = tracing::info_span!(
+            "batch",
+            run_id = %m.run_id,
+            batch = m.batch.0,
+            first_id = m.first_id.0,
+            last_id = m.last_id.0,
+            receive_count = msg.receive_count,
+        );
+        self.deliver(&m, msg.receive_count, deadline)
+            .instrument(span)
+            .await
+    }
+
+    /// One delivery of a batch, its outcome logged and a failure recorded.
+    async fn deliver(
+        &self,
+        m: &BatchMessage,
+        receive_count: u32,
+        deadline: Option<Instant>,
+    ) -> Result<BatchReport, WorkerError> {
         let started = StdInstant::now();
-        let parsed = BatchMessage::parse(&msg.body);
         // Tokens of every request the API answered, kept outside the work so a
         // failed or cut-off delivery still records what it was billed.
         let billed = AtomicU64::new(0);
-        let result = match &parsed {
-            Ok(m) => {
-                let work = self.process(m, msg.receive_count, deadline, &billed);
-                // Every call inside has its own retries; this bounds them all, so
-                // the failure is recorded and answered before Lambda stops the process.
-                match deadline {
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        tokio::time::timeout_at(d - ANSWER_MARGIN.min(left / 2), work)
-                            .await
-                            .unwrap_or(Err(WorkerError::OutOfTime))
-                    }
-                    None => work.await,
-                }
+        let work = self.process(m, receive_count, deadline, &billed);
+        // Every call inside has its own retries; this bounds them all, so the
+        // failure is recorded and answered before Lambda stops the process.
+        let result = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                tokio::time::timeout_at(d - ANSWER_MARGIN.min(left / 2), work)
+                    .await
+                    .unwrap_or(Err(WorkerError::OutOfTime))
             }
-            Err(e) => Err(WorkerError::Message(e.clone())),
+            None => work.await,
         };
-        match (&result, &parsed) {
-            (Ok(r), _) => tracing::info!(
-                run_id = ?r.run_id.map(|r| r.to_string()),
-                batch = ?r.batch.map(|b| b.0),
-                first_id = ?r.first_id.map(|d| d.0),
-                last_id = ?r.last_id.map(|d| d.0),
-                documents = r.documents,
-                embedded = r.embedded,
-                skipped = r.skipped,
-                failed = r.failed,
-                truncated = r.truncated,
-                tokens = r.tokens,
-                requests = r.requests,
-                already_done = r.already_done,
-                fetch_ms = r.fetch_ms,
-                embed_ms = r.embed_ms,
-                write_ms = r.write_ms,
-                total_ms = started.elapsed().as_millis() as u64,
-                "batch done"
-            ),
-            (Err(e), Ok(m)) => {
-                let permanent = !e.is_transient() || msg.receive_count >= self.max_receive_count;
-                tracing::warn!(
-                    run_id = %m.run_id,
-                    batch = m.batch.0,
-                    first_id = m.first_id.0,
-                    last_id = m.last_id.0,
-                    receive_count = msg.receive_count,
-                    permanent,
-                    error = %e,
-                    "batch failed"
+        let e = match &result {
+            Ok(r) => {
+                tracing::info!(
+                    documents = r.documents,
+                    embedded = r.embedded,
+                    skipped = r.skipped,
+                    failed = r.failed,
+                    truncated = r.truncated,
+                    tokens = r.tokens,
+                    requests = r.requests,
+                    already_done = r.already_done,
+                    fetch_ms = r.fetch_ms,
+                    embed_ms = r.embed_ms,
+                    write_ms = r.write_ms,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "batch done"
                 );
-                if !matches!(
-                    e,
-                    WorkerError::UnknownRun(_)
-                        | WorkerError::UnknownBatch(..)
-                        | WorkerError::FailedBefore(..)
-                        | WorkerError::Leased(..)
-                ) {
-                    if let Err(rec) = self
-                        .status
-                        .fail_batch(
-                            m.run_id,
-                            m.batch,
-                            &e.to_string(),
-                            permanent,
-                            billed.load(Ordering::Relaxed),
-                        )
-                        .await
-                    {
-                        tracing::error!(run_id = %m.run_id, batch = m.batch.0, error = %rec, "could not record the batch failure");
-                    }
-                }
+                return result;
             }
-            (Err(e), Err(_)) => {
-                tracing::warn!(message_id = ?msg.message_id, error = %e, "message rejected")
+            Err(e) => e,
+        };
+        let permanent = !e.is_transient() || receive_count >= self.max_receive_count;
+        tracing::warn!(permanent, error = %e, "batch failed");
+        let recorded_elsewhere = matches!(
+            e,
+            WorkerError::UnknownRun(_)
+                | WorkerError::UnknownBatch(..)
+                | WorkerError::FailedBefore(..)
+                | WorkerError::Leased(..)
+        );
+        if !recorded_elsewhere {
+            let billed = billed.load(Ordering::Relaxed);
+            let error = e.to_string();
+            if let Err(rec) = self
+                .status
+                .fail_batch(m.run_id, m.batch, &error, permanent, billed)
+                .await
+            {
+                tracing::error!(error = %rec, "could not record the batch failure");
             }
         }
         result
@@ -291,14 +299,23 @@ impl Worker {
         failpoint::crash_point("worker_after_begin");
         // Texts come a bounded answer at a time and are cut to the input limit
         // as they arrive, so a batch of huge texts never sits whole in memory.
+        let provider = self.embedder.provider();
+        let (tokenizer, limits) = (provider.tokenizer(), provider.limits());
         let mut prepared: Vec<(DocumentId, tokens::Prepared<'static>)> = Vec::new();
         self.docs
-            .for_each_missing(&start.ids, |d| {
-                report.fetched += 1;
-                if let Some(text) = d.content.filter(|t| !tokens::is_blank(t)) {
-                    prepared.push((d.id, tokens::truncate_owned(text, tokens::MAX_INPUT_TOKENS)));
-                }
-            })
+            .for_each_missing(
+                &start.ids,
+                tokenizer.prefix_chars(limits.tokens_per_input),
+                |d| {
+                    report.fetched += 1;
+                    if let Some(text) = d.content.filter(|t| !tokens::is_blank(t)) {
+                        prepared.push((
+                            d.id,
+                            tokenizer.truncate_owned(text, limits.tokens_per_input),
+                        ));
+                    }
+                },
+            )
             .await?;
         report.fetch_ms = t.elapsed().as_millis() as u64;
 
@@ -309,9 +326,13 @@ impl Worker {
         let mut failures: Vec<FailedDocument> = Vec::new();
         // The requests of a batch run concurrently; the rate governor decides
         // how many are really in flight.
-        let groups = batching::pack(&counts, per_request, batching::MAX_TOKENS_PER_REQUEST);
+        let groups = batching::pack(
+            &counts,
+            per_request.min(limits.inputs_per_request),
+            limits.tokens_per_request,
+        );
         let mut results = futures::stream::iter(groups)
-            .map(|g| self.embed_group(msg, &prepared, g, deadline, billed))
+            .map(|g| self.embed_group(&prepared, g, deadline, billed))
             .buffer_unordered(self.embedder.max_concurrent_requests());
         while let Some(group) = results.next().await {
             let group = group?;
@@ -363,61 +384,4 @@ impl Worker {
         report.failed = failures.len();
         Ok(report)
     }
-
-    /// Embeds one request's worth of inputs. A 400 for several inputs is
-    /// bisected down to the inputs that cause it; only those documents fail.
-    async fn embed_group(
-        &self,
-        msg: &BatchMessage,
-        prepared: &[(DocumentId, tokens::Prepared<'_>)],
-        group: Range<usize>,
-        deadline: Option<Instant>,
-        billed: &AtomicU64,
-    ) -> Result<GroupResult, EmbedError> {
-        let mut out = GroupResult::default();
-        let mut todo = vec![group];
-        while let Some(range) = todo.pop() {
-            let inputs: Vec<&str> = prepared[range.clone()]
-                .iter()
-                .map(|(_, p)| p.text.as_ref())
-                .collect();
-            let tokens: u64 = prepared[range.clone()]
-                .iter()
-                .map(|(_, p)| p.tokens as u64)
-                .sum();
-            out.requests += 1;
-            match self.embedder.embed(&inputs, tokens, deadline).await {
-                Ok(e) => {
-                    billed.fetch_add(e.prompt_tokens, Ordering::Relaxed);
-                    out.tokens += e.prompt_tokens;
-                    out.vectors.extend(range.zip(e.vectors));
-                }
-                Err(EmbedError::BadRequest { message, .. }) if range.len() == 1 => {
-                    let id = prepared[range.start].0;
-                    tracing::warn!(run_id = %msg.run_id, batch = msg.batch.0, document_id = id.0, reason = %message, "document rejected by the embeddings API");
-                    out.failures.push(FailedDocument {
-                        id,
-                        reason: message,
-                    });
-                }
-                Err(EmbedError::BadRequest { .. }) => {
-                    let mid = range.start + range.len() / 2;
-                    todo.push(mid..range.end);
-                    todo.push(range.start..mid);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// What one request group produced: vectors by input index, rejected
-/// documents, and what it cost.
-#[derive(Default)]
-struct GroupResult {
-    vectors: Vec<(usize, Vec<f32>)>,
-    failures: Vec<FailedDocument>,
-    tokens: u64,
-    requests: usize,
 }
