@@ -2,27 +2,15 @@
 
 mod common;
 
-use common::{insert_docs, run_of, sample_texts, unique, vectors, Stack, Standin};
+use common::{drain, insert_docs, run_of, sample_texts, unique, vectors, Stack, Standin};
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::handlers;
 use embed_backfill::queue::{Queue, SqsQueue};
-use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
 use embed_backfill::status::RunState;
 use embed_backfill::tokens;
 use std::time::Duration;
 
 const TABLE: &str = "lovdata_documents";
-
-fn drain_opts() -> ConsumeOptions {
-    ConsumeOptions {
-        until_empty: true,
-        concurrency: 2,
-        batch_size: 10,
-        wait: Duration::from_secs(1),
-        message_timeout: Duration::from_secs(60),
-        on_failure: OnFailure::Leave,
-    }
-}
 
 async fn dispatch(
     stack: &Stack,
@@ -35,13 +23,6 @@ async fn dispatch(
         .validate()
         .expect("options");
     dispatcher.dispatch(&options).await.expect("dispatch")
-}
-
-async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
-    let worker = stack.worker();
-    runner::consume(&worker, queue, &drain_opts())
-        .await
-        .expect("drain")
 }
 
 /// The vector each non-empty document must hold: the server's vector for its

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{insert_docs, run_of, unique, vectors, PrivateRest, Stack, Standin};
-use embed_backfill::dispatch::{DispatchError, DispatchRequest};
+use common::{drain, insert_docs, options, run_of, unique, vectors, PrivateRest, Stack, Standin};
+use embed_backfill::dispatch::DispatchError;
 use embed_backfill::handlers::{self, HandlerError};
 use embed_backfill::queue::{BatchMessage, Queue, Received, SqsQueue};
 use embed_backfill::redrive;
@@ -15,31 +15,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 const TABLE: &str = "lovdata_documents";
-
-fn options(json: &str) -> embed_backfill::dispatch::DispatchOptions {
-    DispatchRequest::from_json(json)
-        .unwrap()
-        .validate()
-        .unwrap()
-}
-
-fn drain_opts(timeout: Duration) -> ConsumeOptions {
-    ConsumeOptions {
-        until_empty: true,
-        concurrency: 2,
-        batch_size: 10,
-        wait: Duration::from_secs(1),
-        message_timeout: timeout,
-        on_failure: OnFailure::Leave,
-    }
-}
-
-async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
-    let worker = stack.worker();
-    runner::consume(&worker, queue, &drain_opts(Duration::from_secs(60)))
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn poison_documents_fail_alone_and_the_rest_is_embedded() {

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{insert_docs, run_of, unique, vectors, Gateway, PrivateRest, Stack};
-use embed_backfill::dispatch::DispatchRequest;
+use common::{insert_texts, options, run_of, unique, vectors, Gateway, PrivateRest, Stack};
 use embed_backfill::ids::{BatchSeq, RunId};
 use embed_backfill::queue::MemoryQueue;
 use embed_backfill::redrive;
-use embed_backfill::runner::{self, ConsumeOptions, LocalOptions, OnFailure};
+use embed_backfill::runner::{self, LocalOptions};
 use embed_backfill::status::RunState;
 use embed_backfill::supabase::RestError;
 use embed_backfill::tokens;
@@ -19,34 +18,11 @@ use std::time::Duration;
 
 const TABLE: &str = "lovdata_documents";
 
-fn options(json: &str) -> embed_backfill::dispatch::DispatchOptions {
-    DispatchRequest::from_json(json)
-        .unwrap()
-        .validate()
-        .unwrap()
-}
-
-fn drain_opts() -> ConsumeOptions {
-    ConsumeOptions {
-        until_empty: true,
-        concurrency: 2,
-        batch_size: 10,
-        wait: Duration::from_secs(1),
-        message_timeout: Duration::from_secs(120),
-        on_failure: OnFailure::Leave,
-    }
-}
-
 /// Short, distinct texts: these tests are about counts, not text lengths.
 fn short_texts(n: usize, tag: &str) -> Vec<String> {
     (0..n)
         .map(|i| format!("§ {i} {tag}: kommunen skal behandle søknaden innen {i} uker."))
         .collect()
-}
-
-async fn insert(pg: &tokio_postgres::Client, archive: &str, texts: &[String]) -> Vec<i64> {
-    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
-    insert_docs(pg, TABLE, archive, &refs).await
 }
 
 /// Every id holds the stack's vector of its own text (cut to the input limit).
@@ -86,7 +62,7 @@ async fn dispatch_work_and_verify_are_exact_under_a_cap_of_100_with_batches_of_2
     let pg = stack.pg().await;
     let archive = unique("cap100");
     let texts = short_texts(1_234, "cap100");
-    let ids = insert(&pg, &archive, &texts).await;
+    let ids = insert_texts(&pg, &archive, &texts).await;
 
     // A dry run pages 2,500 ids at a time through a cap of 100.
     let dispatcher = stack.dispatcher(&stack.fresh_queue(30, 5).await.0);
@@ -112,9 +88,13 @@ async fn dispatch_work_and_verify_are_exact_under_a_cap_of_100_with_batches_of_2
         .unwrap();
     assert!(summary.complete);
     assert_eq!((summary.documents, summary.batches), (1_234, 5));
-    let tally = runner::consume(&stack.worker(), &queue, &drain_opts())
-        .await
-        .unwrap();
+    let tally = runner::consume(
+        &stack.worker(),
+        &queue,
+        &common::drain_opts(Duration::from_secs(120)),
+    )
+    .await
+    .unwrap();
     common::assert_all_handled(&tally, 5);
 
     let status = stack.stores().status;
@@ -146,7 +126,7 @@ async fn backfill_run_embeds_batches_of_1000_under_a_cap_of_100() {
     let pg = stack.pg().await;
     let archive = unique("run1000");
     let texts = short_texts(2_100, "run1000");
-    let ids = insert(&pg, &archive, &texts).await;
+    let ids = insert_texts(&pg, &archive, &texts).await;
 
     let stores = stack.stores();
     let queue = Arc::new(MemoryQueue::new());
@@ -191,7 +171,7 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
     let pg = stack.pg().await;
     let archive = unique("ones");
     let texts = short_texts(150, "ones");
-    let ids = insert(&pg, &archive, &texts).await;
+    let ids = insert_texts(&pg, &archive, &texts).await;
     let (first, run) = stack.dispatch_fresh(&archive, 1).await;
     let status = stack.stores().status;
     assert_eq!(run_of(&status, run).await.total_batches, 150);
@@ -229,9 +209,13 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
     assert_eq!(summary.batches, 150);
     assert_eq!(stack.queue_depth(third.url()).await, 150);
 
-    let tally = runner::consume(&stack.worker(), &third, &drain_opts())
-        .await
-        .unwrap();
+    let tally = runner::consume(
+        &stack.worker(),
+        &third,
+        &common::drain_opts(Duration::from_secs(120)),
+    )
+    .await
+    .unwrap();
     common::assert_all_handled(&tally, 150);
     let done = run_of(&status, run).await;
     assert_eq!(done.state, RunState::Completed);
@@ -244,9 +228,13 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
         (150, 150, 0)
     );
     // The other queues' copies are duplicates now: each is skipped, nothing counts twice.
-    runner::consume(&stack.worker(), &second, &drain_opts())
-        .await
-        .unwrap();
+    runner::consume(
+        &stack.worker(),
+        &second,
+        &common::drain_opts(Duration::from_secs(120)),
+    )
+    .await
+    .unwrap();
     let after = run_of(&status, run).await;
     assert_eq!((after.documents_embedded, after.batches_done), (150, 150));
     assert_own_vectors(&stack, &pg, &ids, &texts).await;
@@ -279,7 +267,7 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
     let (rest, stack) = short_timeout_stack(&base, &pg).await;
     let archive = unique("timeout");
     let texts = short_texts(6, "timeout");
-    let ids = insert(&pg, &archive, &texts).await;
+    let ids = insert_texts(&pg, &archive, &texts).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
 
     // Another session holds one of the rows: the batch's write waits on it
@@ -293,9 +281,13 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
     .await
     .unwrap();
     rest.reset_stats().await;
-    let tally = runner::consume(&stack.worker(), &queue, &drain_opts())
-        .await
-        .unwrap();
+    let tally = runner::consume(
+        &stack.worker(),
+        &queue,
+        &common::drain_opts(Duration::from_secs(120)),
+    )
+    .await
+    .unwrap();
     assert!(tally.succeeded == 0 && tally.failed >= 1, "{tally:?}");
     let stats = rest.stats().await;
     assert_eq!(
@@ -326,9 +318,13 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
             .unwrap(),
         1
     );
-    runner::consume(&stack.worker(), &again, &drain_opts())
-        .await
-        .unwrap();
+    runner::consume(
+        &stack.worker(),
+        &again,
+        &common::drain_opts(Duration::from_secs(120)),
+    )
+    .await
+    .unwrap();
     let done = run_of(&status, run).await;
     assert_eq!(done.state, RunState::Completed);
     assert_eq!(
@@ -349,7 +345,7 @@ async fn the_functions_own_errors_are_not_retried() {
     let (rest, stack) = short_timeout_stack(&base, &pg).await;
     let status = stack.stores().status;
     let archive = unique("settled");
-    insert(&pg, &archive, &short_texts(2, "settled")).await;
+    insert_texts(&pg, &archive, &short_texts(2, "settled")).await;
     let (_queue, run) = stack.dispatch_fresh(&archive, 10).await;
     rest.reset_stats().await;
     // P0002: no such run. PostgREST answers it with HTTP 500, like an outage.
@@ -414,11 +410,15 @@ async fn texts_too_large_to_fetch_whole_come_in_bounded_answers_and_are_cut_in_t
             t
         })
         .collect();
-    let ids = insert(&pg, &archive, &texts).await;
+    let ids = insert_texts(&pg, &archive, &texts).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 100).await;
-    let tally = runner::consume(&stack.worker(), &queue, &drain_opts())
-        .await
-        .unwrap();
+    let tally = runner::consume(
+        &stack.worker(),
+        &queue,
+        &common::drain_opts(Duration::from_secs(120)),
+    )
+    .await
+    .unwrap();
     common::assert_all_handled(&tally, 1);
     let done = run_of(&stack.stores().status, run).await;
     assert_eq!(done.documents_embedded, 12);
@@ -436,7 +436,7 @@ async fn a_fetch_answer_stays_within_its_byte_budget() {
     let pg = stack.pg().await;
     let archive = unique("budget");
     let texts: Vec<String> = (0..5).map(|i| format!("{i}").repeat(3 << 20)).collect();
-    let ids = insert(&pg, &archive, &texts).await;
+    let ids = insert_texts(&pg, &archive, &texts).await;
     let target = serde_json::to_string(stack.stores().docs.target()).unwrap();
     let fetch = |max_chars: i32, after: Option<i64>| {
         let (pg, target, ids) = (&pg, &target, &ids);

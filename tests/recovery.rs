@@ -6,14 +6,13 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{insert_docs, run_of, unique, vectors, Gateway, Stack, Standin};
+use common::{drain, insert_texts, run_of, unique, vectors, Gateway, Stack, Standin};
 use embed_backfill::dispatch::{DispatchRequest, DispatchSummary};
 use embed_backfill::handlers;
 use embed_backfill::queue::{
     BatchMessage, IncomingMessage, Queue, QueueError, Received, Settle, SqsQueue,
 };
 use embed_backfill::redrive;
-use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
 use embed_backfill::status::RunState;
 use embed_backfill::supabase::RestError;
 use embed_backfill::worker::WorkerError;
@@ -23,32 +22,10 @@ use tokio::time::Instant;
 
 const TABLE: &str = "lovdata_documents";
 
-fn drain_opts() -> ConsumeOptions {
-    ConsumeOptions {
-        until_empty: true,
-        concurrency: 2,
-        batch_size: 10,
-        wait: Duration::from_secs(1),
-        message_timeout: Duration::from_secs(60),
-        on_failure: OnFailure::Leave,
-    }
-}
-
-async fn drain(stack: &Stack, queue: &SqsQueue) -> runner::Tally {
-    runner::consume(&stack.worker(), queue, &drain_opts())
-        .await
-        .unwrap()
-}
-
 fn texts(n: usize, tag: &str) -> Vec<String> {
     (0..n)
         .map(|i| format!("§ {i} {tag}: vedtaket kan påklages til departementet."))
         .collect()
-}
-
-async fn insert(pg: &tokio_postgres::Client, archive: &str, texts: &[String]) -> Vec<i64> {
-    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
-    insert_docs(pg, TABLE, archive, &refs).await
 }
 
 async fn set_text(pg: &tokio_postgres::Client, id: i64, text: &str) {
@@ -93,7 +70,7 @@ async fn a_retried_batch_gets_real_retries_after_a_permanent_failure() {
     let archive = unique("retried");
     let mut docs = texts(3, "retried");
     docs[1] = "Kvoten er brukt opp [[fail:quota]]".into();
-    let ids = insert(&pg, &archive, &docs).await;
+    let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
     drain(&stack, &queue).await;
     let status = stack.stores().status;
@@ -148,7 +125,7 @@ async fn a_failed_batch_on_its_own_redelivery_stays_failed_without_calling_the_a
     let archive = unique("nocall");
     let mut docs = texts(2, "nocall");
     docs[0] = "Tom kvote [[fail:quota]]".into();
-    insert(&pg, &archive, &docs).await;
+    insert_texts(&pg, &archive, &docs).await;
     let standin = Standin::spawn(&[]);
     let stack = stack
         .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
@@ -209,7 +186,7 @@ async fn a_dispatch_stopped_by_a_revoked_key_is_finished_by_continue() {
     let pg = stack.pg().await;
     let archive = unique("revoked");
     let docs = texts(35, "revoked");
-    let ids = insert(&pg, &archive, &docs).await;
+    let ids = insert_texts(&pg, &archive, &docs).await;
     let (sqs, _) = stack.fresh_queue(30, 5).await;
     let queue = std::sync::Arc::new(RevokingQueue {
         inner: sqs.clone(),
@@ -296,7 +273,7 @@ async fn retry_failed_brings_back_a_document_that_failed_alone() {
     let mut docs = texts(5, "alone");
     let good = docs[2].clone();
     docs[2] = "Ødelagt dokument [[fail:400]]".into();
-    let ids = insert(&pg, &archive, &docs).await;
+    let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
     drain(&stack, &queue).await;
     let status = stack.stores().status;
@@ -339,7 +316,7 @@ async fn two_deliveries_of_one_batch_at_once_pay_one_api_call() {
     let pg = stack.pg().await;
     let archive = unique("twice");
     let docs = texts(4, "twice");
-    insert(&pg, &archive, &docs).await;
+    insert_texts(&pg, &archive, &docs).await;
     let standin = Standin::spawn(&["--latency-ms", "1500"]);
     let stack = stack
         .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
@@ -384,7 +361,7 @@ async fn a_dispatch_on_a_slow_database_is_finished_by_continuations() {
     let pg = stack.pg().await;
     let archive = unique("slowdb");
     let docs = texts(60, "slowdb");
-    let ids = insert(&pg, &archive, &docs).await;
+    let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
     let dispatcher = stack.dispatcher(&queue);
     // Every answer of the database API takes 400 ms: the first invocation's
@@ -439,7 +416,7 @@ async fn vectors_written_by_an_interrupted_delivery_count_once() {
     let pg = stack.pg().await;
     let archive = unique("chunks");
     let docs = texts(250, "chunks");
-    let ids = insert(&pg, &archive, &docs).await;
+    let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 250).await;
     // A delivery wrote its first chunk of 100 vectors, then died.
     let refs: Vec<&str> = docs[..100].iter().map(String::as_str).collect();

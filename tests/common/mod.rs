@@ -666,3 +666,41 @@ pub fn assert_all_handled(tally: &embed_backfill::runner::Tally, batches: u64) {
         "expected {batches} batches handled, got {tally:?}"
     );
 }
+
+/// How the tests drain a queue: as `backfill work --until-empty` does, each
+/// receive bounded by `message_timeout` as a Lambda's timeout would bound it.
+pub fn drain_opts(message_timeout: Duration) -> embed_backfill::runner::ConsumeOptions {
+    embed_backfill::runner::ConsumeOptions {
+        until_empty: true,
+        concurrency: 2,
+        batch_size: 10,
+        wait: Duration::from_secs(1),
+        message_timeout,
+        on_failure: embed_backfill::runner::OnFailure::Leave,
+    }
+}
+
+/// Drains `queue` with the stack's worker.
+pub async fn drain(stack: &Stack, queue: &SqsQueue) -> embed_backfill::runner::Tally {
+    embed_backfill::runner::consume(&stack.worker(), queue, &drain_opts(Duration::from_secs(60)))
+        .await
+        .expect("drain")
+}
+
+/// A dispatcher event's options, which the test means to be valid.
+pub fn options(json: &str) -> embed_backfill::dispatch::DispatchOptions {
+    embed_backfill::dispatch::DispatchRequest::from_json(json)
+        .expect("event")
+        .validate()
+        .expect("options")
+}
+
+/// Inserts non-empty texts into `lovdata_documents`; their ids in order.
+pub async fn insert_texts(
+    pg: &tokio_postgres::Client,
+    archive: &str,
+    texts: &[String],
+) -> Vec<i64> {
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    insert_docs(pg, "lovdata_documents", archive, &refs).await
+}
