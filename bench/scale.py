@@ -53,6 +53,8 @@ FETCH_MAX_BYTES = 8 << 20
 MAX_PREFIX_CHARS = 8191 * 128
 COVERAGE_STEP_ROWS = 100_000
 BATCH_SIZE = 1000
+# Vectors one write carries at most (WRITE_CHUNK in src/worker.rs).
+WRITE_CHUNK = 100
 PAGE_ROWS = BATCH_SIZE * 10
 BATCH_REFS_PAGE = 1000
 TIMEOUT_MS = 8000
@@ -280,14 +282,18 @@ WHERE id = '{BIG_RUN}';
 
 
 def restore_writes():
-    """Sets back to NULL the vectors complete_batch wrote (this run's, or an
-    interrupted run's), and vacuums, so every run starts from the same table."""
+    """Sets back to NULL the vectors the writes left (this run's, or an
+    interrupted run's), and vacuums, so every run starts from the same table.
+    INDEX_CLEANUP ON: a vacuum that finds dead rows on under 2% of the pages
+    otherwise leaves the index entries alone, and the HNSW graph would keep
+    the dead vectors for the next run's inserts to walk through; the HNSW
+    index's cleanup takes about a minute."""
     n = sql(f"WITH u AS (UPDATE public.{TABLE} SET embedding = NULL WHERE id > {WRITES_AFTER} "
             f"AND id <= {WRITES_UNTIL} AND id % {VECTOR_EVERY} <> 0 AND embedding IS NOT NULL RETURNING 1) "
             f"SELECT count(*) FROM u")
     if int(n):
         start = time.monotonic()
-        sql(f"VACUUM public.{TABLE}")
+        sql(f"VACUUM (INDEX_CLEANUP ON) public.{TABLE}")
         log(f"set {int(n):,} vectors back to NULL and vacuumed in {time.monotonic() - start:.1f} s")
     sql("DELETE FROM public.backfill_runs WHERE params ->> 'bench' = 'scale'")
     return int(n)
@@ -316,17 +322,19 @@ class Timings:
         self.rows = []
         self.notes = []
 
-    def add(self, function, what, times, calls=None, timeouts=0, refused=None, single=None, short=None):
+    def add(self, function, what, times, calls=None, timeouts=0, refused=None, single=None, short=None,
+            reference=False):
         """`times`: one entry per measurement, each the milliseconds of one
         call, or of a sequence of calls (then `calls` says how many and
         `single` holds each call's, for the share of the timeout, which
         applies per statement); `timeouts` more ran into the 8 s statement
-        timeout; `refused` says why the REST server refused every call."""
+        timeout; `refused` says why the REST server refused every call;
+        `reference`: a call the tool does not make, timed for comparison."""
         timeouts += sum(1 for x in times if x is None)
         times = [x for x in times if x is not None]
         self.rows.append({"function": function, "what": what, "times": times, "timeouts": timeouts,
                           "calls": calls if calls is not None else len(times) + timeouts, "refused": refused,
-                          "single": single, "short": short or what})
+                          "single": single, "short": short or what, "reference": reference})
 
     def markdown(self):
         out = ["| function | what | calls | median ms | max ms | share of 8 s | |",
@@ -476,27 +484,70 @@ def complete_args(run, seq, ids, vectors, tokens):
 
 
 def time_status(rest, t):
-    """create_run, add_batches, begin_batch, complete_batch on fresh batches:
+    """create_run, add_batches, begin_batch, and the writes of a batch's
+    vectors, each on a fresh batch. Batch size 1,000 as the worker writes it
+    (src/worker.rs): WRITE_CHUNK vectors a call, `backfill_write_vectors` for
+    every chunk but the last, which goes with `backfill_complete_batch`; the
+    batches of one run, a different one each time. The reference, what the
+    worker no longer does: all 1,000 in one `backfill_complete_batch`, on
     REPEAT runs of 10 batches of 1,000 ids, each run completing a different
-    one; and a run of batch size 100 (the tool's default) completing REPEAT
-    batches. Every vector written lands on a row that had none."""
+    one. And a run of batch size 100 (the tool's default) completing REPEAT
+    batches in one call each. Every vector written lands on a row that had
+    none."""
     big_n, small_n = PAGE_ROWS, 10 * 100
-    rows = page_ids(rest, WRITES_AFTER, big_n + small_n)
+    reps = min(REPEAT, big_n // BATCH_SIZE // 2)
+    chunked_n = reps * BATCH_SIZE
+    rows = page_ids(rest, WRITES_AFTER, big_n + chunked_n + small_n)
     assert rows[-1]["id"] <= WRITES_UNTIL, "the write range no longer covers the batches"
-    big, small = batches_of(rows[:big_n], BATCH_SIZE), batches_of(rows[big_n:], 100)
+    big = batches_of(rows[:big_n], BATCH_SIZE)
+    chunked = batches_of(rows[big_n:big_n + chunked_n], BATCH_SIZE)
+    small = batches_of(rows[big_n + chunked_n:], 100)
     vectors = vector_texts(BATCH_SIZE)
     runs = [[], []]
     begin, complete, status, refs = [], [], [], []
     in_sql, sql_timeouts, no_index, half, hundred = [], 0, [], [], []
+    # As the worker: each chunk's call, the completion's, and the batch's total.
+    chunk_calls, last_calls, batch_totals = [], [], []
     refused = None
     written = 0
-    reps = min(REPEAT, len(big) // 2)
-    for k in range(reps):
-        run = new_run(rest, big, runs)
-        ms, start = rest.call("backfill_begin_batch", {"p_run_id": run, "p_seq": k})
-        begin.append(ms)
-        assert start["batch_found"] and start["ids"] == big[k]["ids"], start
-        args = complete_args(run, k, start["ids"], vectors, big[k]["estimated_tokens"])
+    chunk_run = new_run(rest, chunked, [[], []])
+
+    def as_worker(k):
+        """Batch k of chunk_run written as the worker writes it."""
+        nonlocal written
+        start = rest.call("backfill_begin_batch", {"p_run_id": chunk_run, "p_seq": k})[1]
+        assert start["batch_found"] and start["ids"] == chunked[k]["ids"], start
+        ids = start["ids"]
+        last = (len(ids) - 1) // WRITE_CHUNK * WRITE_CHUNK
+        total, timed_out = 0.0, False
+        for i in range(0, last, WRITE_CHUNK):
+            ms, w = rest.call("backfill_write_vectors", {
+                "p_target": TARGET, "p_run_id": chunk_run, "p_seq": k,
+                "p_vectors": [{"id": x, "embedding": v}
+                              for x, v in zip(ids[i:i + WRITE_CHUNK], vectors[i:i + WRITE_CHUNK])]})
+            if "statement_timeout" in w:
+                chunk_calls.append(None)
+                timed_out = True
+                continue
+            assert w["written"] == len(ids[i:i + WRITE_CHUNK]), w
+            chunk_calls.append(ms)
+            total += ms
+        ms, done = rest.call("backfill_complete_batch", complete_args(chunk_run, k, ids[last:], vectors[last:],
+                                                                      chunked[k]["estimated_tokens"]))
+        if "statement_timeout" in done:
+            last_calls.append(None)
+            batch_totals.append(None)
+            return
+        last_calls.append(ms)
+        batch_totals.append(None if timed_out else total + ms)
+        if not timed_out:
+            assert done["counted"] and done["written"] == len(ids), done
+        written += done["written"]
+
+    def reference(k, run):
+        """All 1,000 vectors of batch k of `run` in one call: what the worker no longer does."""
+        nonlocal refused, sql_timeouts, written
+        args = complete_args(run, k, big[k]["ids"], vectors, big[k]["estimated_tokens"])
         # What the HNSW index costs: the same call with the index dropped, in
         # a transaction that is rolled back (so the batch stays fresh).
         ms, done = sql_call("backfill_complete_batch", args,
@@ -540,6 +591,21 @@ def time_status(rest, t):
         if done is not None:
             assert done["counted"] and done["written"] == BATCH_SIZE, done
             written += done["written"]
+
+    for k in range(reps):
+        run = new_run(rest, big, runs)
+        ms, start = rest.call("backfill_begin_batch", {"p_run_id": run, "p_seq": k})
+        begin.append(ms)
+        assert start["batch_found"] and start["ids"] == big[k]["ids"], start
+        # Alternately first, so neither way always follows the other's writes;
+        # the worker's way first in the first round, so its figures include
+        # the section's first vector writes, which have been the slowest.
+        if k % 2:
+            reference(k, run)
+            as_worker(k)
+        else:
+            as_worker(k)
+            reference(k, run)
         ms, _ = rest.call("backfill_run_status", {"p_run_id": run})
         status.append(ms)
         ms, _ = rest.call("backfill_batch_refs", {"p_run_id": run, "p_states": ["pending", "queued"],
@@ -551,31 +617,59 @@ def time_status(rest, t):
         ms, done = rest.call("backfill_complete_batch",
                              complete_args(run, k, small[k]["ids"], vectors, small[k]["estimated_tokens"]))
         hundred.append(None if "statement_timeout" in done else ms)
+    log(f"as the worker, batch of 1,000: write_vectors ms {chunk_calls}, complete_batch ms {last_calls}, "
+        f"totals {batch_totals}")
     log(f"complete_batch ms: REST 1,000 {complete}, SQL 1,000 {in_sql} (+{sql_timeouts} timeouts), "
         f"REST 500 {half}, REST 100 {hundred}, SQL 1,000 without HNSW {no_index}")
-    body_mib = len(json.dumps(args)) / 2**20
+    body_mib = len(json.dumps(complete_args(run, 0, big[0]["ids"], vectors, 0))) / 2**20
+    chunk_mib = len(json.dumps(complete_args(run, 0, big[0]["ids"][:WRITE_CHUNK], vectors, 0))) / 2**20
     index = f"HNSW index of {VECTORS:,}+ vectors on the column"
+    chunks = -(-BATCH_SIZE // WRITE_CHUNK)
     ok = lambda xs: [x for x in xs if x is not None]
     t.add("backfill_create_run", "a new run", runs[0])
     t.add("backfill_add_batches", f"10 batches of {BATCH_SIZE:,} ids", runs[1])
     t.add("backfill_begin_batch", f"a batch of {BATCH_SIZE:,} ids", begin)
     vec = f"vectors of {DIMENSIONS:,} dimensions"
+    t.add("backfill_write_vectors", f"batch size {BATCH_SIZE:,} as the worker writes it: each of the first "
+          f"{chunks - 1} chunks of {WRITE_CHUNK} {vec} ({chunk_mib:.1f} MiB of JSON) through REST, {index}",
+          chunk_calls, short=f"a chunk of {WRITE_CHUNK} vectors")
+    t.add("backfill_complete_batch", f"batch size {BATCH_SIZE:,} as the worker writes it: the last chunk of "
+          f"{WRITE_CHUNK} vectors with the completion, through REST", last_calls,
+          short=f"the last {WRITE_CHUNK} vectors with the completion")
+    first = batch_totals[0] if batch_totals else None
+    others = ok(batch_totals[1:])
+    if first is not None and others and first > 1.3 * statistics.median(others):
+        calls = ok(chunk_calls[:chunks - 1] + last_calls[:1])
+        t.notes.append(f"The first batch written as the worker writes it, the section's first vector writes (it "
+                       f"goes first), was the slowest: {first:,.0f} ms, its calls {min(calls):,.0f} to "
+                       f"{max(calls):,.0f} ms; the other {len(others)} took a median of "
+                       f"{statistics.median(others):,.0f} ms.")
+    # The function column is put between backticks: this one names two.
+    t.add(f"backfill_write_vectors` ×{chunks - 1} + `backfill_complete_batch",
+          f"batch size {BATCH_SIZE:,} as the worker writes it: all {chunks} calls of one batch "
+          f"({BATCH_SIZE:,} vectors), one after the other", batch_totals, calls=f"{chunks} per batch",
+          single=ok(chunk_calls) + ok(last_calls), short=f"a batch of {BATCH_SIZE:,} in chunks of {WRITE_CHUNK}")
+    no_longer = (f"reference, no longer done by the worker (one statement of {BATCH_SIZE:,} vectors takes "
+                 f"seconds of HNSW upkeep, up to the 8 s timeout; it writes chunks of {WRITE_CHUNK})")
     if refused is None:
-        t.add("backfill_complete_batch", f"batch size {BATCH_SIZE:,}: {BATCH_SIZE:,} {vec} ({body_mib:.1f} MiB of "
-              f"JSON), {index}", ok(complete), timeouts=complete.count(None),
+        t.add("backfill_complete_batch", f"{no_longer}: batch size {BATCH_SIZE:,} in one call, {BATCH_SIZE:,} "
+              f"{vec} ({body_mib:.1f} MiB of JSON) through REST, {index}", ok(complete),
+              timeouts=complete.count(None), reference=True,
               short=f"{BATCH_SIZE:,} vectors in one call, through REST")
     else:
-        t.add("backfill_complete_batch", f"batch size {BATCH_SIZE:,}: {BATCH_SIZE:,} {vec} through REST", [],
-              calls=1, refused=refused + " over the REST server's body limit, before the database saw it")
-        t.add("backfill_complete_batch", f"the same {BATCH_SIZE:,} vectors in SQL (`SELECT backfill_complete_batch"
-              f"(...)` as service_role under an 8 s statement timeout), {index}", in_sql, timeouts=sql_timeouts,
-              short=f"{BATCH_SIZE:,} vectors in one call, in SQL")
-        t.add("backfill_complete_batch", f"{BATCH_SIZE // 2:,} vectors through REST ({body_mib / 2:.1f} MiB), {index}",
-              ok(half), timeouts=half.count(None), short=f"{BATCH_SIZE // 2:,} vectors in one call, through REST")
-    t.add("backfill_complete_batch", f"batch size 100 (the default): 100 vectors through REST, {index}",
-          ok(hundred), timeouts=hundred.count(None), short="100 vectors in one call, through REST")
+        t.add("backfill_complete_batch", f"{no_longer}: batch size {BATCH_SIZE:,} in one call, {BATCH_SIZE:,} "
+              f"{vec} through REST", [], calls=1, reference=True,
+              refused=refused + " over the REST server's body limit, before the database saw it")
+        t.add("backfill_complete_batch", f"{no_longer}: the same {BATCH_SIZE:,} vectors in one call in SQL "
+              f"(`SELECT backfill_complete_batch(...)` as service_role under an 8 s statement timeout), {index}",
+              in_sql, timeouts=sql_timeouts, reference=True, short=f"{BATCH_SIZE:,} vectors in one call, in SQL")
+        t.add("backfill_complete_batch", f"reference, no longer done by the worker: {BATCH_SIZE // 2:,} vectors "
+              f"in one call through REST ({body_mib / 2:.1f} MiB), {index}", ok(half), timeouts=half.count(None),
+              reference=True, short=f"{BATCH_SIZE // 2:,} vectors in one call, through REST")
+    t.add("backfill_complete_batch", f"batch size 100 (the default): 100 vectors in one call through REST, {index}",
+          ok(hundred), timeouts=hundred.count(None), short="batch size 100: 100 vectors in one call")
     t.add("backfill_complete_batch", f"diagnosis: {BATCH_SIZE:,} vectors in SQL with the HNSW index dropped "
-          f"(in a transaction rolled back afterwards)", no_index)
+          f"(in a transaction rolled back afterwards)", no_index, reference=True)
     t.add("backfill_run_status", "that run (10 batches)", status)
     t.add("backfill_batch_refs", "that run's pending batches", refs)
     return written, refused
@@ -679,21 +773,28 @@ def worker_memory():
 
 def verdict(t, refused):
     flagged = t.flagged()
-    rest = [r for r in t.rows if r not in flagged and not r["refused"]]
+    made = [r for r in flagged if not r["reference"]]
+    not_made = [r for r in flagged if r["reference"]]
+    rest = [r for r in t.rows if r not in flagged and not r["refused"] and not r["reference"]]
     longest = max(rest, key=lambda r: max(r["single"] or r["times"]))
     ms = max(longest["single"] or longest["times"])
     lines = []
-    if flagged:
+    if made:
         lines.append("Over 2 s, or into the timeout: " + "; ".join(
-            f"`{r['function']}` ({r['short']})" for r in flagged) + ".")
-    lines.append(f"Every other call stays under {ms:,.0f} ms ({ms / TIMEOUT_MS * 100:.0f}% of the timeout; "
-                 f"the longest: `{longest['function']}`, {longest['what'].split(':')[0]}).")
+            f"`{r['function']}` ({r['short']})" for r in made) + ".")
+    if not_made:
+        lines.append("Over 2 s, or into the timeout, among the references the tool no longer makes: " + "; ".join(
+            f"`{r['function']}` ({r['short']})" for r in not_made) + ".")
+    lines.append(f"Every {'other ' if made else ''}call the tool makes stays under {ms:,.0f} ms "
+                 f"({ms / TIMEOUT_MS * 100:.0f}% of the timeout; the longest: `{longest['function']}`, "
+                 f"{longest['short'] if longest['short'] != longest['what'] else longest['what'].split(':')[0]}).")
     lines += t.notes
     if refused:
         lines.append(f"The REST server refused the {BATCH_SIZE:,}-vector `backfill_complete_batch` body ({refused}): "
                      f"the local stack's REST server (postrust) takes bodies of at most 10 MiB unless "
                      f"PGRST_MAX_BODY_SIZE says otherwise, "
-                     f"and {BATCH_SIZE:,} vectors in pgvector's text form are about 18 MiB.")
+                     f"and {BATCH_SIZE:,} vectors in pgvector's text form are about 18 MiB; the worker's calls "
+                     f"carry at most {WRITE_CHUNK} (about 2 MiB).")
     return " ".join(lines)
 
 
@@ -720,6 +821,7 @@ def section():
     log("timing backfill_coverage")
     time_coverage(rest, t)
     rpc_secs = time.monotonic() - measure_start
+    load_end = os.getloadavg()[0]
     log("probing the worker's memory")
     mem_table = worker_memory()
     total = time.monotonic() - start
@@ -736,13 +838,15 @@ def section():
               f"{sizes[1]} in all) built before anything is timed. The {TEXTS:,} rows the fetch reads hold "
               f"realistic Norwegian legal texts from `seed-docs`. Every function is called through the REST API "
               f"as the tool calls it, {REPEAT} times unless said (ms per call, or per sequence of calls where the "
-              f"calls column says so). `backfill_complete_batch` completes a different batch of a new run each "
-              f"time, so every call writes only rows that had no vector; those vectors are set back to NULL "
-              f"afterwards. The run and batch functions are also timed on a whole-table run of "
+              f"calls column says so). The worker writes a batch's vectors in chunks of at most {WRITE_CHUNK} "
+              f"(`WRITE_CHUNK` in src/worker.rs): `backfill_write_vectors` for each chunk but the last, which goes "
+              f"with `backfill_complete_batch`; a batch of 1,000 is timed so, call by call, on a different batch "
+              f"each time, and, for reference, in one call, on a different batch of a new run each time. So every "
+              f"call writes only rows that had no vector; those vectors are set back to NULL afterwards. The run and batch functions are also timed on a whole-table run of "
               f"{-(-(ROWS - VECTORS) // BATCH_SIZE):,} batches of {BATCH_SIZE:,}. Share of 8 s: of "
               f"Supabase's API statement timeout, by the slowest call; a call that ran into the timeout counts as "
               f"8 s in the median. {os.cpu_count()} cores, load average "
-              f"{load:.1f} at the start, {time.strftime('%Y-%m-%d')}. Reproduce with `BENCH_ONLY=scale make "
+              f"{load:.1f} at the start and {load_end:.1f} at the end of the timings, {time.strftime('%Y-%m-%d')}. Reproduce with `BENCH_ONLY=scale make "
               f"bench` (or `.tools/venv/bin/python bench/scale.py` after a release build): the table is kept and "
               f"reused ({seeding}; the timings took {rpc_secs:.0f} s and the section {total:.0f} s).\n\n")
     mem_note = (f"\nThe release `worker` binary as Lambda runs it (bench/lambda_probe.py plays the Lambda runtime "
