@@ -53,7 +53,7 @@ FETCH_MAX_BYTES = 8 << 20
 MAX_PREFIX_CHARS = 8191 * 128
 COVERAGE_STEP_ROWS = 100_000
 BATCH_SIZE = 1000
-# Vectors one write carries at most (WRITE_CHUNK in src/worker.rs).
+# Vectors one write carries at most (WRITE_CHUNK in src/worker/mod.rs).
 WRITE_CHUNK = 100
 PAGE_ROWS = BATCH_SIZE * 10
 BATCH_REFS_PAGE = 1000
@@ -486,7 +486,7 @@ def complete_args(run, seq, ids, vectors, tokens):
 def time_status(rest, t):
     """create_run, add_batches, begin_batch, and the writes of a batch's
     vectors, each on a fresh batch. Batch size 1,000 as the worker writes it
-    (src/worker.rs): WRITE_CHUNK vectors a call, `backfill_write_vectors` for
+    (src/worker/mod.rs): WRITE_CHUNK vectors a call, `backfill_write_vectors` for
     every chunk but the last, which goes with `backfill_complete_batch`; the
     batches of one run, a different one each time. The reference, what the
     worker no longer does: all 1,000 in one `backfill_complete_batch`, on
@@ -839,16 +839,18 @@ def section():
               f"realistic Norwegian legal texts from `seed-docs`. Every function is called through the REST API "
               f"as the tool calls it, {REPEAT} times unless said (ms per call, or per sequence of calls where the "
               f"calls column says so). The worker writes a batch's vectors in chunks of at most {WRITE_CHUNK} "
-              f"(`WRITE_CHUNK` in src/worker.rs): `backfill_write_vectors` for each chunk but the last, which goes "
-              f"with `backfill_complete_batch`; a batch of 1,000 is timed so, call by call, on a different batch "
-              f"each time, and, for reference, in one call, on a different batch of a new run each time. So every "
-              f"call writes only rows that had no vector; those vectors are set back to NULL afterwards. The run and batch functions are also timed on a whole-table run of "
+              f"(`WRITE_CHUNK` in src/worker/mod.rs): `backfill_write_vectors` for each chunk but the last, which "
+              f"goes with `backfill_complete_batch`; a batch of 1,000 is timed so, call by call, on a different "
+              f"batch each time, and, for reference, in one call, on a different batch of a new run each time. So "
+              f"every call writes only rows that had no vector; those vectors are set back to NULL afterwards. The "
+              f"run and batch functions are also timed on a whole-table run of "
               f"{-(-(ROWS - VECTORS) // BATCH_SIZE):,} batches of {BATCH_SIZE:,}. Share of 8 s: of "
               f"Supabase's API statement timeout, by the slowest call; a call that ran into the timeout counts as "
-              f"8 s in the median. {os.cpu_count()} cores, load average "
-              f"{load:.1f} at the start and {load_end:.1f} at the end of the timings, {time.strftime('%Y-%m-%d')}. Reproduce with `BENCH_ONLY=scale make "
-              f"bench` (or `.tools/venv/bin/python bench/scale.py` after a release build): the table is kept and "
-              f"reused ({seeding}; the timings took {rpc_secs:.0f} s and the section {total:.0f} s).\n\n")
+              f"8 s in the median. {os.cpu_count()} cores, load average {load:.1f} at the start and "
+              f"{load_end:.1f} at the end of the timings, {time.strftime('%Y-%m-%d')}. Reproduce with "
+              f"`BENCH_ONLY=scale make bench` (or `.tools/venv/bin/python bench/scale.py` after a release "
+              f"build): the table is kept and reused ({seeding}; the timings took {rpc_secs:.0f} s and the "
+              f"section {total:.0f} s).\n\n")
     mem_note = (f"\nThe release `worker` binary as Lambda runs it (bench/lambda_probe.py plays the Lambda runtime "
                 f"API on loopback; the stand-in answers in about 1 s per 100-input request), {PROBES} cold starts "
                 f"each, one SQS event of one 100-document batch. The huge texts are `MAX_PREFIX_CHARS` "

@@ -3,6 +3,7 @@
 
 mod bisect;
 
+use crate::dispatch::{RunParams, DEFAULT_EMBEDDING_BATCH_SIZE};
 use crate::documents::DocumentStore;
 use crate::embedder::batching;
 use crate::embedder::tokens;
@@ -292,9 +293,10 @@ impl Worker {
         let per_request = start
             .params
             .as_ref()
-            .and_then(|p| p.pointer("/options/embedding_batch_size"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(100) as usize;
+            .and_then(RunParams::read)
+            .map_or(DEFAULT_EMBEDDING_BATCH_SIZE, |p| {
+                p.options.embedding_batch_size
+            }) as usize;
 
         failpoint::crash_point("worker_after_begin");
         // Texts come a bounded answer at a time and are cut to the input limit

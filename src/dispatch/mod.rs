@@ -1,0 +1,314 @@
+//! The dispatcher: pages the ids that still need a vector into batches, records
+//! them in the status tables and queues one message per batch. The event and
+//! its checks are in `request`, the token estimate in `estimate`.
+
+mod estimate;
+mod paging;
+mod request;
+
+pub use request::{
+    DispatchCommand, DispatchOptions, DispatchRequest, EventError, DEFAULT_BATCH_SIZE,
+    DEFAULT_EMBEDDING_BATCH_SIZE, MAX_BATCH_SIZE, MAX_EMBEDDING_BATCH_SIZE, MAX_HOPS,
+};
+
+use crate::documents::{DocumentStore, Target};
+use crate::embedder::Provider;
+use crate::ids::{BatchSeq, RunId};
+use crate::progress;
+use crate::queue::{BatchMessage, Queue, QueueError};
+use crate::status::{BatchState, CreatedRun, RunState, RunStatus, StatusStore};
+use crate::supabase::RestError;
+use paging::Cursor;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// A run's stored parameters: written by the dispatcher, read back typed by
+/// a continuation and by the worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunParams {
+    pub options: DispatchOptions,
+    pub target: Target,
+    /// Runs from before providers were configurable used OpenAI.
+    #[serde(default = "openai")]
+    pub provider: String,
+    pub model: String,
+    pub dimensions: u32,
+}
+
+fn openai() -> String {
+    "openai".into()
+}
+
+impl RunParams {
+    /// The parameters of a run this tool created; `None` for anything else.
+    pub fn read(params: &Value) -> Option<Self> {
+        serde_json::from_value(params.clone()).ok()
+    }
+}
+
+/// The dispatcher's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DispatchSummary {
+    /// Absent for a dry run, which records nothing.
+    pub run_id: Option<RunId>,
+    pub dry_run: bool,
+    pub archive: Option<String>,
+    pub documents: u64,
+    pub batches: u64,
+    pub estimated_tokens: u64,
+    pub estimated_cost_usd: f64,
+    /// False when the dispatch stopped at its deadline: continue it with
+    /// `{"continue_run": run_id}`.
+    pub complete: bool,
+    /// Batches a continuation sent again: recorded, but never confirmed queued.
+    #[serde(default)]
+    pub resent_batches: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Rest(#[from] RestError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("{}", active_run_message(.0))]
+    ActiveRun(Box<RunStatus>),
+    #[error("run {0} does not exist in backfill_runs")]
+    UnknownRun(RunId),
+    #[error("run {0} has no dispatch options recorded; it was not created by this tool")]
+    NoOptions(RunId),
+}
+
+/// Why a dispatch was refused, naming a stalled run as stalled: it will not
+/// end by itself, so waiting for it is no remedy.
+fn active_run_message(run: &RunStatus) -> String {
+    let what = run
+        .archive
+        .as_deref()
+        .map(|a| format!("archive {a:?}"))
+        .unwrap_or_else(|| "all archives".into());
+    let ended = run.batches_done + run.batches_failed;
+    match progress::stall(run, progress::DEFAULT_STALLED_AFTER, None) {
+        Some(stall) => format!(
+            "run {} over {what} is stalled: {ended} of {} batches ended and nothing has moved for {}. Finish it with `{}`, or pass force to start another anyway",
+            run.id,
+            run.total_batches,
+            progress::human_duration(Duration::from_secs_f64(stall.idle_secs)),
+            stall.remedy
+        ),
+        None => format!(
+            "run {} is still {} for {what} ({ended} of {} batches ended): wait for it (`backfill status {}`), continue it, or pass force to start another anyway",
+            run.id,
+            run.state.as_str(),
+            run.total_batches,
+            run.id
+        ),
+    }
+}
+
+/// Ids read per page: several batches, so each page is one status RPC.
+const PAGE_BATCHES: u32 = 10;
+/// Time a page may take; a dispatch with less left stops and asks to be continued.
+const PAGE_MARGIN: Duration = Duration::from_secs(20);
+/// Time kept back from the deadline to record where the dispatch stands and
+/// answer (at most a quarter of what is left, for short deadlines).
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// Runs `work` until the invocation must answer; `None` when it was cut off.
+/// Every step of a dispatch is safe to cut anywhere: a page's batches and its
+/// cursor are saved together, and a batch saved but not confirmed queued is
+/// sent again by the continuation.
+async fn before_deadline<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let Some(d) = deadline else {
+        return Some(work.await);
+    };
+    let left = d.saturating_duration_since(Instant::now());
+    tokio::time::timeout_at(d - ANSWER_MARGIN.min(left / 4), work)
+        .await
+        .ok()
+}
+
+pub struct Dispatcher<Q> {
+    docs: DocumentStore,
+    status: StatusStore,
+    queue: Q,
+    provider: Arc<dyn Provider>,
+}
+
+impl<Q: Queue> Dispatcher<Q> {
+    pub fn new(
+        docs: DocumentStore,
+        status: StatusStore,
+        queue: Q,
+        provider: Arc<dyn Provider>,
+    ) -> Self {
+        Self {
+            docs,
+            status,
+            queue,
+            provider,
+        }
+    }
+
+    pub async fn dispatch(&self, opts: &DispatchOptions) -> Result<DispatchSummary, DispatchError> {
+        self.dispatch_run(RunId::random(), opts, None).await
+    }
+
+    /// Dispatches under a run id the caller chose (so it can watch the run while
+    /// it pages), stopping before `deadline` with `complete: false`.
+    pub async fn dispatch_run(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+        deadline: Option<Instant>,
+    ) -> Result<DispatchSummary, DispatchError> {
+        if opts.dry_run {
+            return self.dry_run(opts).await;
+        }
+        let params = serde_json::to_value(RunParams {
+            options: opts.clone(),
+            target: self.docs.target().clone(),
+            provider: self.provider.name().into(),
+            model: self.provider.model().into(),
+            dimensions: self.provider.dimensions(),
+        })
+        .unwrap_or_default();
+        let created = self
+            .status
+            .create_run(
+                run,
+                &params,
+                opts.archive.as_deref(),
+                self.provider.price_per_million_tokens(),
+                opts.force,
+            )
+            .await?;
+        if let CreatedRun::Conflict { conflict } = created {
+            return Err(DispatchError::ActiveRun(conflict));
+        }
+        tracing::info!(run_id = %run, archive = ?opts.archive, "run created");
+        let cursor = Cursor::start(opts);
+        self.page_and_finish(run, opts, cursor, deadline).await
+    }
+
+    /// Continues a run whose dispatch stopped (deadline, crash or error) from
+    /// its saved cursor: batches recorded but not confirmed queued are sent
+    /// again (the worker skips duplicates), then paging resumes after the cursor.
+    pub async fn continue_run(
+        &self,
+        run: RunId,
+        deadline: Option<Instant>,
+    ) -> Result<DispatchSummary, DispatchError> {
+        let status = self
+            .status
+            .run_status(Some(run))
+            .await?
+            .ok_or(DispatchError::UnknownRun(run))?;
+        let opts = RunParams::read(&status.params)
+            .ok_or(DispatchError::NoOptions(run))?
+            .options;
+        // An older version ended a dispatch that met a permanent error `failed`.
+        let status = if status.state == RunState::Failed && status.dispatched_at.is_none() {
+            self.status.resume_dispatch(run).await?
+        } else {
+            status
+        };
+        if status.state != RunState::Dispatching {
+            return Ok(summary(&status, &opts, true));
+        }
+        let resent = match before_deadline(deadline, self.resend_pending(run)).await {
+            None => return self.stopped_at_deadline(run, &opts).await,
+            Some(Err(e)) => return Err(self.stopped(run, e).await),
+            Some(Ok(n)) => n,
+        };
+        let cursor = Cursor {
+            after: status.cursor_id.or(opts.resume_from_id),
+            seq: status.next_seq,
+            remaining: opts.limit.map(|l| l.saturating_sub(status.total_documents)),
+        };
+        let mut answer = self.page_and_finish(run, &opts, cursor, deadline).await?;
+        answer.resent_batches = resent;
+        Ok(answer)
+    }
+
+    /// Sends the batches recorded but never confirmed queued; how many.
+    async fn resend_pending(&self, run: RunId) -> Result<u64, DispatchError> {
+        let pending = self.status.batches_in(run, &[BatchState::Pending]).await?;
+        for chunk in pending.chunks(PAGE_BATCHES as usize * 10) {
+            let messages: Vec<BatchMessage> =
+                chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
+            self.queue.send(&messages).await?;
+            let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
+            self.status.mark_queued(run, &seqs).await?;
+        }
+        if !pending.is_empty() {
+            tracing::info!(run_id = %run, batches = pending.len(), "pending batches queued again");
+        }
+        Ok(pending.len() as u64)
+    }
+
+    /// Notes why the dispatch stopped on the run, which stays `dispatching`
+    /// whatever the cause, so `--continue` can finish it once the cause is
+    /// fixed (a rotated key, a missing grant) or has passed.
+    async fn stopped(&self, run: RunId, e: DispatchError) -> DispatchError {
+        let note =
+            format!("dispatch stopped: {e}; continue it with `backfill dispatch --continue {run}`");
+        if let Err(fail) = self.status.note_run_error(run, &note).await {
+            tracing::error!(run_id = %run, error = %fail, "could not record why the dispatch stopped");
+        }
+        e
+    }
+
+    async fn stopped_at_deadline(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+    ) -> Result<DispatchSummary, DispatchError> {
+        tracing::info!(run_id = %run, "deadline near: stopping; continue with {{\"continue_run\": \"{run}\"}}");
+        let status = self
+            .status
+            .run_status(Some(run))
+            .await?
+            .ok_or(DispatchError::UnknownRun(run))?;
+        Ok(summary(&status, opts, false))
+    }
+
+    async fn page_and_finish(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+        cursor: Cursor,
+        deadline: Option<Instant>,
+    ) -> Result<DispatchSummary, DispatchError> {
+        match self.page_into_batches(run, opts, cursor, deadline).await {
+            Ok(true) => Ok(summary(
+                &self.status.finish_dispatch(run).await?,
+                opts,
+                true,
+            )),
+            Ok(false) => self.stopped_at_deadline(run, opts).await,
+            Err(e) => Err(self.stopped(run, e).await),
+        }
+    }
+}
+
+fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> DispatchSummary {
+    DispatchSummary {
+        resent_batches: 0,
+        run_id: Some(status.id),
+        dry_run: false,
+        archive: opts.archive.clone(),
+        documents: status.total_documents,
+        batches: status.total_batches,
+        estimated_tokens: status.estimated_tokens,
+        estimated_cost_usd: status.estimated_cost_usd,
+        complete,
+    }
+}
