@@ -87,6 +87,23 @@ BEGIN
         'more', v_more);
 END $$;
 
+-- Writes vectors to those of `p_ids` that still lack one; how many it wrote.
+-- The one write of vectors, shared by a chunk and by a batch's completion.
+CREATE OR REPLACE FUNCTION public.backfill_set_vectors(p_target jsonb, p_vectors jsonb, p_ids bigint[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_written integer;
+BEGIN
+    EXECUTE format(
+        'UPDATE %1$s t SET %2$s = x.embedding FROM jsonb_to_recordset($1) AS x(id bigint, embedding vector)'
+        ' WHERE t.%3$s = x.id AND t.%2$s IS NULL AND t.%3$s = ANY($2)',
+        public.backfill_table(p_target), public.backfill_ident(p_target, 'embedding'),
+        public.backfill_ident(p_target, 'id'))
+    USING p_vectors, p_ids;
+    GET DIAGNOSTICS v_written = ROW_COUNT;
+    RETURN v_written;
+END $$;
+
 -- Writes vectors to rows of the batch that still lack one; how many it wrote.
 -- Safe to repeat: a row already written is left alone. A batch's vectors come
 -- in chunks because with a vector index every row written pays for the
@@ -104,13 +121,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'backfill batch %/% does not exist', p_run_id, p_seq USING ERRCODE = 'P0002';
     END IF;
-    EXECUTE format(
-        'UPDATE %1$s t SET %2$s = x.embedding FROM jsonb_to_recordset($1) AS x(id bigint, embedding vector)'
-        ' WHERE t.%3$s = x.id AND t.%2$s IS NULL AND t.%3$s = ANY($2)',
-        public.backfill_table(p_target), public.backfill_ident(p_target, 'embedding'),
-        public.backfill_ident(p_target, 'id'))
-    USING p_vectors, v_batch.ids;
-    GET DIAGNOSTICS v_written = ROW_COUNT;
+    v_written := public.backfill_set_vectors(p_target, p_vectors, v_batch.ids);
     IF v_batch.state NOT IN ('done', 'done_with_failures') THEN
         UPDATE public.backfill_batches SET documents_written = documents_written + v_written, updated_at = now()
         WHERE run_id = p_run_id AND seq = p_seq;
@@ -158,12 +169,14 @@ END $$;
 REVOKE ALL ON FUNCTION
     public.backfill_page_documents(jsonb, integer, text, bigint),
     public.backfill_fetch_documents(jsonb, bigint[], integer, bigint, bigint),
+    public.backfill_set_vectors(jsonb, jsonb, bigint[]),
     public.backfill_write_vectors(jsonb, uuid, integer, jsonb),
     public.backfill_coverage(jsonb, integer, text, bigint)
     FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION
     public.backfill_page_documents(jsonb, integer, text, bigint),
     public.backfill_fetch_documents(jsonb, bigint[], integer, bigint, bigint),
+    public.backfill_set_vectors(jsonb, jsonb, bigint[]),
     public.backfill_write_vectors(jsonb, uuid, integer, jsonb),
     public.backfill_coverage(jsonb, integer, text, bigint)
     TO service_role;

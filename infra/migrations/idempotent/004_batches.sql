@@ -141,13 +141,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'backfill batch %/% does not exist', p_run_id, p_seq USING ERRCODE = 'P0002';
     END IF;
-    EXECUTE format(
-        'UPDATE %1$s t SET %2$s = x.embedding FROM jsonb_to_recordset($1) AS x(id bigint, embedding vector)'
-        ' WHERE t.%3$s = x.id AND t.%2$s IS NULL AND t.%3$s = ANY($2)',
-        public.backfill_table(p_target), public.backfill_ident(p_target, 'embedding'),
-        public.backfill_ident(p_target, 'id'))
-    USING p_vectors, v_batch.ids;
-    GET DIAGNOSTICS v_written = ROW_COUNT;
+    v_written := public.backfill_set_vectors(p_target, p_vectors, v_batch.ids);
     UPDATE public.backfill_runs SET tokens_billed = tokens_billed + p_tokens WHERE id = p_run_id;
     IF v_batch.state IN ('done', 'done_with_failures') THEN
         UPDATE public.backfill_batches SET leased_until = NULL WHERE run_id = p_run_id AND seq = p_seq;
