@@ -1,5 +1,5 @@
 //! When to try again: exponential backoff with full jitter, pushed out to what
-//! the server asked for (`retry-after-ms`, `retry-after`, `x-ratelimit-reset-*`),
+//! the server asked for (read by each embedding provider from its answers),
 //! and never past the caller's deadline.
 
 use rand::Rng;
@@ -65,60 +65,9 @@ impl Backoff {
     }
 }
 
-/// Parses Go-style durations as OpenAI sends them in `x-ratelimit-reset-*`:
-/// `1s`, `6m0s`, `20ms`, `2.812s`, `1h2m3s`.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_end == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_end] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += value * factor;
-        rest = &rest[unit_end..];
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(
-            parse_go_duration("2.812s"),
-            Some(Duration::from_millis(2812))
-        );
-        assert_eq!(parse_go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
-        assert_eq!(parse_go_duration("soon"), None);
-        assert_eq!(parse_go_duration(""), None);
-        assert_eq!(parse_go_duration("99999999999999999999h"), None);
-    }
 
     #[test]
     fn exact_delays_double_up_to_the_cap() {

@@ -2,17 +2,18 @@
 //! the compatible servers share: the request body, the answer, the error
 //! shapes and their retry hints, and the `x-ratelimit-*` headers.
 
+mod hints;
+
 use super::tokens::Tokenizer;
 use super::{EmbedError, Embeddings, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
 use crate::rate::RateSignals;
-use crate::retry::parse_go_duration;
 use crate::secret::Secret;
 use base64::Engine;
+use hints::{header_duration, retry_hint};
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// OpenAI's limits for `/v1/embeddings`: 2,048 inputs and 300,000 tokens a
 /// request; 8,192 tokens an input, one kept as margin as OpenAI's cookbook
@@ -270,45 +271,6 @@ pub(super) fn decode_base64_f32(s: &str) -> Result<Vec<f32>, EmbedError> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
-}
-
-fn header_duration(headers: &HeaderMap, name: &str) -> Option<Duration> {
-    let v = headers.get(name)?.to_str().ok()?.trim();
-    let secs = |x: f64| Duration::try_from_secs_f64(x).ok();
-    match name {
-        "retry-after-ms" => v.parse::<f64>().ok().and_then(|ms| secs(ms / 1000.0)),
-        "retry-after" => v.parse::<f64>().ok().and_then(secs),
-        _ => parse_go_duration(v),
-    }
-}
-
-/// The wait a 429 asks for: explicit retry headers first, then the reset of the
-/// exhausted limit, then the "try again in 2.812s" in the message.
-fn retry_hint(headers: &HeaderMap, message: &str) -> Option<Duration> {
-    header_duration(headers, "retry-after-ms")
-        .or_else(|| header_duration(headers, "retry-after"))
-        .or_else(|| {
-            let exhausted = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    == Some(0)
-            };
-            if exhausted("x-ratelimit-remaining-tokens") {
-                header_duration(headers, "x-ratelimit-reset-tokens")
-            } else if exhausted("x-ratelimit-remaining-requests") {
-                header_duration(headers, "x-ratelimit-reset-requests")
-            } else {
-                None
-            }
-        })
-        .or_else(|| {
-            let at = message.find("try again in ")? + "try again in ".len();
-            let rest = &message[at..];
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            parse_go_duration(rest[..end].trim_end_matches('.'))
-        })
 }
 
 /// Reads an error answer in OpenAI's shape (`{"error": {"message", "code",

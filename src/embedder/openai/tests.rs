@@ -1,5 +1,7 @@
+use super::hints::parse_go_duration;
 use super::*;
 use reqwest::header::{HeaderMap, HeaderValue};
+use std::time::Duration;
 
 #[test]
 fn classifies_openai_errors() {
@@ -86,4 +88,19 @@ fn base64_vectors_are_little_endian_f32() {
     let s = base64::engine::general_purpose::STANDARD.encode(bytes);
     assert_eq!(decode_base64_f32(&s).unwrap(), floats);
     assert!(decode_base64_f32("AAA=").is_err());
+}
+
+#[test]
+fn go_durations() {
+    assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+    assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+    assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+    assert_eq!(
+        parse_go_duration("2.812s"),
+        Some(Duration::from_millis(2812))
+    );
+    assert_eq!(parse_go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+    assert_eq!(parse_go_duration("soon"), None);
+    assert_eq!(parse_go_duration(""), None);
+    assert_eq!(parse_go_duration("99999999999999999999h"), None);
 }
