@@ -1,15 +1,19 @@
 //! The Lambda handlers, as plain async functions over the library types, so
 //! tests call them with a hand-made event and the binaries stay a few lines.
 
+use crate::config::Env;
 use crate::dispatch::{
     DispatchCommand, DispatchError, DispatchRequest, DispatchSummary, Dispatcher, EventError,
 };
 use crate::ids::RunId;
 use crate::queue::{IncomingMessage, Queue};
+use crate::store::Store;
 use crate::worker::Worker;
+use crate::{logging, secrets_manager, setup};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::SystemTime;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -22,6 +26,17 @@ pub enum HandlerError {
     Dispatch(#[from] DispatchError),
     #[error("{0} message(s) without a messageId failed and cannot be reported one by one; the whole event is retried (already finished batches are skipped)")]
     UnreportableFailures(usize),
+}
+
+/// What both Lambdas start from: a `.env` when there is one, logs as Lambda
+/// wants them, the settings with the keys of Secrets Manager, and the store.
+pub async fn boot(
+) -> Result<(Env<impl Fn(&str) -> Option<String>>, Arc<dyn Store>), lambda_runtime::Error> {
+    let _ = dotenvy::dotenv();
+    logging::init_lambda();
+    let env = secrets_manager::environment().await?;
+    let store = setup::store(&env)?;
+    Ok((env, store))
 }
 
 /// Runs a dispatcher event until `deadline`. The answer's `continuation` is the

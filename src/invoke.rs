@@ -3,6 +3,7 @@
 //! continues a run in a fresh invocation.
 
 use crate::dispatch::{DispatchRequest, DispatchSummary};
+use aws_sdk_lambda::operation::invoke::InvokeOutput;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use thiserror::Error;
@@ -26,17 +27,7 @@ pub async fn dispatch(
     function: &str,
     request: &DispatchRequest,
 ) -> Result<DispatchSummary, InvokeError> {
-    let out = client
-        .invoke()
-        .function_name(function)
-        .invocation_type(InvocationType::RequestResponse)
-        .payload(Blob::new(serde_json::to_vec(request)?))
-        .send()
-        .await
-        .map_err(|e| InvokeError::Call {
-            function: function.into(),
-            reason: aws_sdk_lambda::error::DisplayErrorContext(&e).to_string(),
-        })?;
+    let out = invoke(client, function, InvocationType::RequestResponse, request).await?;
     let payload = out.payload().map(|p| p.as_ref()).unwrap_or_default();
     if out.function_error().is_some() {
         // The runtime's error body: {"errorType": ..., "errorMessage": ...}.
@@ -62,16 +53,25 @@ pub async fn continue_async(
     function: &str,
     request: &DispatchRequest,
 ) -> Result<(), InvokeError> {
+    invoke(client, function, InvocationType::Event, request).await?;
+    Ok(())
+}
+
+async fn invoke(
+    client: &aws_sdk_lambda::Client,
+    function: &str,
+    kind: InvocationType,
+    request: &DispatchRequest,
+) -> Result<InvokeOutput, InvokeError> {
     client
         .invoke()
         .function_name(function)
-        .invocation_type(InvocationType::Event)
+        .invocation_type(kind)
         .payload(Blob::new(serde_json::to_vec(request)?))
         .send()
         .await
         .map_err(|e| InvokeError::Call {
             function: function.into(),
             reason: aws_sdk_lambda::error::DisplayErrorContext(&e).to_string(),
-        })?;
-    Ok(())
+        })
 }

@@ -3,11 +3,10 @@
 //!
 //! The dispatcher pages ids into batches ([`dispatch`]), the queue carries one
 //! message per batch ([`queue`]), the worker embeds and writes each batch
-//! ([`worker`]), and the status tables count each batch once ([`status`]).
+//! ([`worker`]), and the store counts each batch once ([`store`]).
 
 pub mod config;
 pub mod dispatch;
-pub mod documents;
 pub mod embedder;
 pub mod failpoint;
 pub mod handlers;
@@ -23,8 +22,9 @@ pub mod runner;
 pub mod secret;
 pub mod secrets_manager;
 pub mod setup;
-pub mod status;
-pub mod supabase;
+pub mod store;
+#[cfg(test)]
+mod testkit;
 pub mod worker;
 
 /// The tokenizer is the provider's; tests and tools reach it here too.

@@ -1,7 +1,7 @@
 //! Progress of a run as the old tool printed it: done/total, percent, docs/s,
 //! elapsed and ETA, computed from the status row so any process can show it.
 
-use crate::status::{RunState, RunStatus};
+use crate::store::{RunState, RunStatus};
 use serde::Serialize;
 use std::time::Duration;
 

@@ -6,8 +6,7 @@
 
 use crate::ids::{BatchSeq, RunId};
 use crate::queue::{BatchMessage, Queue, QueueError, SqsQueue};
-use crate::status::{BatchState, StatusStore};
-use crate::supabase::RestError;
+use crate::store::{BatchState, Store, StoreError};
 use serde::Serialize;
 use std::time::Duration;
 use thiserror::Error;
@@ -69,7 +68,7 @@ pub async fn redrive(
 #[derive(Debug, Error)]
 pub enum RetryError {
     #[error(transparent)]
-    Rest(#[from] RestError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -84,7 +83,7 @@ const RETRY_CHUNK: usize = 1000;
 /// retry budget and its documents count once, as embedded or as failed.
 /// Returns how many batches were queued.
 pub async fn retry_failed<Q: Queue>(
-    status: &StatusStore,
+    store: &dyn Store,
     queue: &Q,
     run: RunId,
     unfinished: bool,
@@ -96,10 +95,10 @@ pub async fn retry_failed<Q: Queue>(
         states.push(BatchState::Failed);
     }
     // A batch still in flight may be queued twice this way; it is counted once.
-    let batches = status.batches_in(run, &states).await?;
+    let batches = store.batches_in(run, &states).await?;
     for chunk in batches.chunks(RETRY_CHUNK) {
         let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
-        status.reopen_batches(run, &seqs).await?;
+        store.reopen_batches(run, &seqs).await?;
         let messages: Vec<BatchMessage> = chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
         queue.send(&messages).await?;
     }

@@ -1,14 +1,13 @@
-//! Builds the stores, embedder and queue from settings: the same wiring for the
+//! Builds the store, embedder and queue from settings: the same wiring for the
 //! Lambdas, the CLI and the tests.
 
 use crate::config::{ConfigError, EmbeddingConfig, Env};
 use crate::dispatch::Dispatcher;
-use crate::documents::DocumentStore;
 use crate::embedder::{self, EmbedError, Embedder};
 use crate::queue::{Queue, SqsQueue};
-use crate::status::StatusStore;
-use crate::supabase::{Rest, RestError};
+use crate::store::{PostgrestStore, Store, StoreError};
 use crate::worker::Worker;
+use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -16,41 +15,34 @@ pub enum SetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Rest(#[from] RestError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
 }
 
-#[derive(Clone, Debug)]
-pub struct Stores {
-    pub docs: DocumentStore,
-    pub status: StatusStore,
-}
-
-pub fn stores<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Stores, SetupError> {
-    let rest = Rest::new(&env.supabase()?)?;
-    Ok(Stores {
-        docs: DocumentStore::new(rest.clone(), env.target()?),
-        status: StatusStore::new(rest),
-    })
+/// The documents and the status tables, over Supabase's REST API.
+pub fn store<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Arc<dyn Store>, SetupError> {
+    Ok(Arc::new(PostgrestStore::new(
+        &env.supabase()?,
+        env.target()?,
+    )?))
 }
 
 pub fn worker<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
-    stores: &Stores,
+    store: &Arc<dyn Store>,
 ) -> Result<Worker, SetupError> {
-    worker_from(&env.embedding()?, stores, env.max_receive_count()?)
+    worker_from(&env.embedding()?, store, env.max_receive_count()?)
 }
 
 /// From settings already read, so the CLI can set its flags over them first.
 pub fn worker_from(
     embedding: &EmbeddingConfig,
-    stores: &Stores,
+    store: &Arc<dyn Store>,
     max_receive_count: u32,
 ) -> Result<Worker, SetupError> {
     Ok(Worker::new(
-        stores.docs.clone(),
-        stores.status.clone(),
+        store.clone(),
         Embedder::new(embedding)?,
         max_receive_count,
     ))
@@ -59,25 +51,20 @@ pub fn worker_from(
 /// The provider's limits, tokenizer and prices; its key is not needed to dispatch.
 pub fn dispatcher<Q: Queue, F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
-    stores: &Stores,
+    store: &Arc<dyn Store>,
     queue: Q,
 ) -> Result<Dispatcher<Q>, SetupError> {
-    Ok(dispatcher_from(&env.embedding()?, stores, queue))
+    Ok(dispatcher_from(&env.embedding()?, store, queue))
 }
 
 /// From settings already read, like [`worker_from`], so one run's dispatcher
 /// and worker share them.
 pub fn dispatcher_from<Q: Queue>(
     embedding: &EmbeddingConfig,
-    stores: &Stores,
+    store: &Arc<dyn Store>,
     queue: Q,
 ) -> Dispatcher<Q> {
-    Dispatcher::new(
-        stores.docs.clone(),
-        stores.status.clone(),
-        queue,
-        embedder::provider(embedding),
-    )
+    Dispatcher::new(store.clone(), queue, embedder::provider(embedding))
 }
 
 pub async fn sqs_queue<F: Fn(&str) -> Option<String>>(

@@ -6,7 +6,7 @@ use common::{drain, insert_docs, run_of, sample_texts, unique, vectors, Stack, S
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::handlers;
 use embed_backfill::queue::{Queue, SqsQueue};
-use embed_backfill::status::RunState;
+use embed_backfill::store::RunState;
 use embed_backfill::tokens;
 use std::time::Duration;
 
@@ -84,8 +84,8 @@ async fn archive_backfill_end_to_end() {
         .iter()
         .filter(|t| t.as_deref().is_none_or(tokens::is_blank))
         .count() as u64;
-    let stores = stack.stores();
-    let run = run_of(&stores.status, summary.run_id).await;
+    let store = stack.store();
+    let run = run_of(&store, summary.run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(run.total_documents, 45);
     assert_eq!(run.documents_embedded, 45 - blank);
@@ -98,7 +98,7 @@ async fn archive_backfill_end_to_end() {
     assert!(run.tokens_used > 0 && run.actual_cost_usd > 0.0);
     assert!(run.finished_at.is_some());
 
-    let coverage = stores.docs.coverage(Some(&archive)).await.unwrap();
+    let coverage = store.coverage(Some(&archive)).await.unwrap();
     assert_eq!(coverage.total, 45);
     assert_eq!(coverage.with_embeddings, 45 - blank);
     assert_eq!(coverage.empty_content, blank);
@@ -257,11 +257,11 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
     assert_eq!(received.len(), 1);
     let msg = &received[0].message;
 
-    let stores = stack.stores();
+    let store = stack.store();
     let worker = stack.worker();
     let first = worker.handle(msg, None).await.unwrap();
     assert!(first.counted && !first.already_done);
-    let after_first = run_of(&stores.status, summary.run_id).await;
+    let after_first = run_of(&store, summary.run_id).await;
     let requests = standin.stats().await["requests"].as_u64().unwrap();
     assert_eq!(requests, 1);
 
@@ -269,7 +269,7 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
     again.receive_count = 2;
     let second = worker.handle(&again, None).await.unwrap();
     assert!(second.already_done && !second.counted);
-    let after_second = run_of(&stores.status, summary.run_id).await;
+    let after_second = run_of(&store, summary.run_id).await;
     assert_eq!(
         standin.stats().await["requests"].as_u64().unwrap(),
         requests,
@@ -321,7 +321,7 @@ async fn bad_messages_fail_alone_in_an_sqs_event() {
         ]
     }))
     .unwrap();
-    let stores = stack.stores();
+    let store = stack.store();
     let worker = stack.worker();
     let response = handlers::sqs_event(&worker, event, None).await.unwrap();
     let mut failed: Vec<String> = response
@@ -331,6 +331,6 @@ async fn bad_messages_fail_alone_in_an_sqs_event() {
         .collect();
     failed.sort();
     assert_eq!(failed, vec!["bad-json", "unknown-field", "unknown-run"]);
-    let c = stores.docs.coverage(Some(&archive)).await.unwrap();
+    let c = store.coverage(Some(&archive)).await.unwrap();
     assert_eq!(c.with_embeddings, 1);
 }

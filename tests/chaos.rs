@@ -11,7 +11,7 @@ mod common;
 use common::{insert_docs, run_of, unique, vectors, PrivateRest, Stack, Standin};
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::redrive;
-use embed_backfill::status::RunState;
+use embed_backfill::store::RunState;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,7 @@ async fn chaos() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
 
-    let stores = stack.stores();
+    let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
     let opts = embed_backfill::dispatch::DispatchRequest {
         archive: Some(archive.clone()),
@@ -111,7 +111,7 @@ async fn chaos() {
         if kills < 2 || !restarted {
             continue;
         }
-        let run = run_of(&stores.status, run_id).await;
+        let run = run_of(&store, run_id).await;
         // Dead letters go back at once, while the backlog still fills the
         // rate limit, so redriven batches meet 429s like everyone else.
         let in_dlq = stack.queue_depth(&dlq_url).await;
@@ -142,7 +142,7 @@ async fn chaos() {
         kill(w);
     }
 
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     let stats = standin.stats().await;
     println!(
         "chaos: {} documents in {:.1}s; embedded {}, failed {} (poison), batches {}/{} done, {} failed; \

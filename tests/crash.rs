@@ -6,7 +6,7 @@ mod common;
 
 use common::{insert_docs, run_of, unique, vectors, Stack};
 use embed_backfill::ids::RunId;
-use embed_backfill::status::RunState;
+use embed_backfill::store::RunState;
 use embed_backfill::tokens;
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
@@ -80,7 +80,7 @@ async fn assert_clean_result(
         .await
         .unwrap();
     let run_id: String = row.get(0);
-    let run = run_of(&stack.stores().status, run_id.parse::<RunId>().unwrap()).await;
+    let run = run_of(&stack.store(), run_id.parse::<RunId>().unwrap()).await;
     let tokens: u64 = texts.iter().map(|t| tokens::count(t) as u64).sum();
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(

@@ -5,7 +5,7 @@ mod common;
 use common::{insert_docs, run_of, unique, Stack, Standin};
 use embed_backfill::embedder::EmbedError;
 use embed_backfill::queue::Queue;
-use embed_backfill::supabase::{Rest, RestError};
+use embed_backfill::store::StoreError;
 use embed_backfill::worker::WorkerError;
 use std::time::Duration;
 
@@ -17,10 +17,10 @@ async fn a_wrong_service_key_names_the_variable() {
         "SUPABASE_SERVICE_ROLE_KEY",
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLWRvZXMtbm90LW1hdGNo",
     );
-    let stores = wrong.stores();
-    let err = stores.docs.coverage(None).await.unwrap_err();
+    let store = wrong.store();
+    let err = store.coverage(None).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, RestError::Unauthorized { .. }), "{text}");
+    assert!(matches!(err, StoreError::Unauthorized { .. }), "{text}");
     assert!(text.contains("SUPABASE_SERVICE_ROLE_KEY"), "{text}");
     assert!(
         !text.contains("c2lnbmF0dXJl"),
@@ -35,9 +35,9 @@ async fn a_wrong_secret_key_names_the_variable() {
         "SUPABASE_SECRET_KEY",
         "sb_secret_DoesNotMatchAnyKeyOfThisProject0",
     );
-    let err = wrong.stores().docs.coverage(None).await.unwrap_err();
+    let err = wrong.store().coverage(None).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, RestError::Unauthorized { .. }), "{text}");
+    assert!(matches!(err, StoreError::Unauthorized { .. }), "{text}");
     assert!(text.contains("SUPABASE_SECRET_KEY"), "{text}");
     assert!(
         !text.contains("AnyKeyOfThisProject0"),
@@ -78,7 +78,7 @@ async fn a_wrong_openai_key_fails_at_once_without_retries() {
 async fn one_failing_batch(
     vars: &[(&str, &str)],
     texts: &[Option<&str>],
-) -> (WorkerError, u64, embed_backfill::status::RunStatus) {
+) -> (WorkerError, u64, embed_backfill::store::RunStatus) {
     let standin = Standin::spawn(&[]);
     let mut stack = Stack::load()
         .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
@@ -104,7 +104,7 @@ async fn one_failing_batch(
     let again = worker.handle(&msg, None).await.unwrap_err();
     assert!(matches!(again, WorkerError::FailedBefore(..)), "{again}");
     assert_eq!(standin.stats().await["requests"].as_u64(), Some(requests));
-    let run = run_of(&stack.stores().status, run_id).await;
+    let run = run_of(&stack.store(), run_id).await;
     (err, requests, run)
 }
 
@@ -166,10 +166,10 @@ async fn a_missing_column_names_the_migration() {
     .await
     .unwrap();
     let stack = stack.with("BACKFILL_TABLE", &table);
-    let stores = stack.stores();
-    let err = stores.docs.page(None, None, 10).await.unwrap_err();
+    let store = stack.store();
+    let err = store.page(None, None, 10).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
+    assert!(matches!(err, StoreError::MissingMigration { .. }), "{text}");
     assert!(
         text.contains("infra/migrations/incremental/0002_add_vector_search.sql"),
         "{text}"
@@ -180,30 +180,10 @@ async fn a_missing_column_names_the_migration() {
 }
 
 #[tokio::test]
-async fn a_missing_function_names_the_migration() {
-    let stack = Stack::load();
-    let env = stack.env();
-    let rest = Rest::new(&env.supabase().unwrap()).unwrap();
-    let err = rest
-        .rpc::<serde_json::Value>(
-            "backfill_function_from_the_future",
-            &serde_json::json!({"p_x": 1}),
-        )
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(matches!(err, RestError::MissingMigration { .. }), "{text}");
-    assert!(
-        text.contains("infra/migrations/idempotent/") && text.contains("scripts/migrate.sh"),
-        "{text}"
-    );
-}
-
-#[tokio::test]
 async fn an_unreachable_service_says_so() {
     let stack = Stack::load().with("SUPABASE_URL", "http://127.0.0.1:9");
-    let stores = stack.stores();
-    let err = stores.docs.coverage(None).await.unwrap_err();
+    let store = stack.store();
+    let err = store.coverage(None).await.unwrap_err();
     assert!(err.is_transient());
     assert!(err.to_string().contains("SUPABASE_URL"), "{err}");
 }
@@ -318,25 +298,15 @@ async fn the_anon_key_can_neither_read_status_nor_call_rpcs() {
     let env_stack = stack
         .without("SUPABASE_SECRET_KEY")
         .with("SUPABASE_SERVICE_ROLE_KEY", &anon);
-    let err = env_stack
-        .stores()
-        .status
-        .run_status(None)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RestError::Unauthorized { .. }), "{err}");
+    let err = env_stack.store().run_status(None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
     assert!(
         err.to_string().contains("SUPABASE_SERVICE_ROLE_KEY"),
         "{err}"
     );
     // ...and the publishable one in SUPABASE_SECRET_KEY.
     let env_stack = stack.with("SUPABASE_SECRET_KEY", &publishable);
-    let err = env_stack
-        .stores()
-        .status
-        .run_status(None)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RestError::Unauthorized { .. }), "{err}");
+    let err = env_stack.store().run_status(None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
     assert!(err.to_string().contains("SUPABASE_SECRET_KEY"), "{err}");
 }

@@ -10,7 +10,7 @@ use embed_backfill::handlers::{self, HandlerError};
 use embed_backfill::queue::{BatchMessage, Queue, Received, SqsQueue};
 use embed_backfill::redrive;
 use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
-use embed_backfill::status::RunState;
+use embed_backfill::store::RunState;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ async fn poison_documents_fail_alone_and_the_rest_is_embedded() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let stores = stack.stores();
+    let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(
@@ -55,7 +55,7 @@ async fn poison_documents_fail_alone_and_the_rest_is_embedded() {
             );
         }
     }
-    let run = run_of(&stores.status, summary.run_id).await;
+    let run = run_of(&store, summary.run_id).await;
     assert_eq!(run.state, RunState::CompletedWithErrors);
     assert_eq!(
         (
@@ -157,7 +157,7 @@ async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, run_id) = stack.dispatch_fresh(&archive, 3).await;
-    let stores = stack.stores();
+    let store = stack.store();
     // The messages are gone (expired dead letters) and one batch was left
     // `running` by a last delivery that crashed: nothing will come back alone.
     let gone = queue.receive(10, Duration::from_secs(2)).await.unwrap();
@@ -170,16 +170,16 @@ async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
     .await
     .unwrap();
 
-    let failed_only = redrive::retry_failed(&stores.status, &queue, run_id, false)
+    let failed_only = redrive::retry_failed(store.as_ref(), &queue, run_id, false)
         .await
         .unwrap();
     assert_eq!(failed_only, 0, "no batch is failed");
-    let queued = redrive::retry_failed(&stores.status, &queue, run_id, true)
+    let queued = redrive::retry_failed(store.as_ref(), &queue, run_id, true)
         .await
         .unwrap();
     assert_eq!(queued, 2, "the running batch and the queued one");
     drain(&stack, &queue).await;
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!((run.batches_done, run.documents_embedded), (2, 6));
     assert_eq!(vectors(&pg, TABLE, &ids).await.len(), 6);
@@ -196,13 +196,13 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, run_id) = stack.dispatch_fresh(&archive, 3).await;
-    let stores = stack.stores();
+    let store = stack.store();
 
     // A revoked key: every batch fails permanently, once, with a reason.
     let revoked = stack.with("OPENAI_API_KEY", "sk-revoked-000000000000");
     let tally = drain(&revoked, &queue).await;
     assert!(tally.succeeded == 0 && tally.failed >= 3, "{tally:?}");
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     assert_eq!(run.state, RunState::CompletedWithErrors);
     assert_eq!(
         (run.batches_failed, run.documents_failed, run.batches_done),
@@ -215,12 +215,12 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
         .contains("OPENAI_API_KEY"));
     assert_eq!(run.failed_batches.len(), 3);
 
-    let queued = redrive::retry_failed(&stores.status, &queue, run_id, false)
+    let queued = redrive::retry_failed(store.as_ref(), &queue, run_id, false)
         .await
         .unwrap();
     assert_eq!(queued, 3);
     drain(&stack, &queue).await;
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.batches_failed, run.documents_failed, run.batches_done),
@@ -247,7 +247,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
     .await;
     let (queue, dlq_url) = stack.fresh_queue(1, 2).await;
     let dlq = SqsQueue::new(stack.sqs_client().await, dlq_url.clone());
-    let stores = stack.stores();
+    let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(r#"{{"archive": "{archive}"}}"#)))
@@ -283,7 +283,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     assert_eq!(stack.queue_depth(queue.url()).await, 0);
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     assert_eq!(
         (run.batches_failed, run.documents_failed),
         (1, 2),
@@ -304,7 +304,7 @@ async fn dead_letters_are_redriven_and_counted_once() {
     assert_eq!(report.moved, 1);
     assert_eq!((report.skipped, report.unreadable), (1, 1));
     drain(&stack, &queue).await;
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (
@@ -329,7 +329,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
-    let stores = stack.stores();
+    let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
 
     // A deadline already near (under the 20 s a page is given): each
@@ -348,7 +348,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
         // A dispatcher that died after saving a page but before queueing it:
         // the continuation must queue that page, and page on after it.
         if hops == 2 {
-            let status = run_of(&stores.status, run_id).await;
+            let status = run_of(&store, run_id).await;
             let after = status.cursor_id.unwrap().0;
             let next_ids: Vec<i64> = ids
                 .iter()
@@ -356,7 +356,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
                 .filter(|id| *id > after)
                 .take(2)
                 .collect();
-            let batch = embed_backfill::status::NewBatch {
+            let batch = embed_backfill::store::NewBatch {
                 seq: embed_backfill::ids::BatchSeq(status.next_seq),
                 ids: next_ids
                     .iter()
@@ -364,8 +364,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
                     .collect(),
                 estimated_tokens: 1,
             };
-            stores
-                .status
+            store
                 .add_batches(
                     run_id,
                     &[batch],
@@ -402,7 +401,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
     assert_eq!(rows.len() as u64, answer.summary.batches);
     let tally = drain(&stack, &queue).await;
     assert!(tally.succeeded >= answer.summary.batches, "{tally:?}");
-    let run = run_of(&stores.status, run_id).await;
+    let run = run_of(&store, run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.documents_embedded, run.batches_done),
@@ -439,7 +438,7 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(5, 10).await;
-    let stores = stack.stores();
+    let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
     let summary = dispatcher
         .dispatch(&options(&format!(
@@ -473,7 +472,7 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
             .get(0);
         assert!(cut > 0, "the server held no database sessions to cut");
         for _ in 0..120 {
-            let run = run_of(&stores.status, summary.run_id).await;
+            let run = run_of(&store, summary.run_id).await;
             if run.state.is_finished() {
                 return run;
             }
@@ -590,7 +589,7 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     let archive = unique("bodies");
     insert_docs(&pg, TABLE, &archive, &[Some("Lov om kringkasting")]).await;
     let (queue, _) = stack.fresh_queue(2, 5).await;
-    let stores = stack.stores();
+    let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
     dispatcher
         .dispatch(&options(&format!(r#"{{"archive": "{archive}"}}"#)))
@@ -646,8 +645,7 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     assert_eq!(failed.len(), bad.len());
     assert!(!failed.contains("good"));
     assert_eq!(
-        stores
-            .docs
+        store
             .coverage(Some(&archive))
             .await
             .unwrap()

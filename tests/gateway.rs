@@ -76,6 +76,29 @@ async fn reload_and_wait(stack: &Stack, pg: &tokio_postgres::Client, function: &
     panic!("postrust did not see {function} after NOTIFY pgrst");
 }
 
+/// Waits until postrust serves `path`. A reload another test asked for can
+/// finish after this test's own and put back a schema cache from before
+/// its tables existed; the next reload mends it.
+async fn wait_served(stack: &Stack, pg: &tokio_postgres::Client, path: &str) {
+    let url = format!("{}/rest/v1{path}", stack.var("SUPABASE_URL"));
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        let r = send(
+            http.get(&url)
+                .header("apikey", stack.var("SUPABASE_SECRET_KEY")),
+        )
+        .await;
+        if r.status == 200 {
+            return;
+        }
+        pg.batch_execute("NOTIFY pgrst, 'reload schema'")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("postrust did not serve {path} after NOTIFY pgrst");
+}
+
 #[tokio::test]
 async fn requests_need_a_known_apikey_and_the_rest_route() {
     let stack = Stack::load();
@@ -287,6 +310,8 @@ async fn max_rows_cuts_tables_views_and_set_returning_functions_but_not_one_valu
     .await
     .unwrap();
     reload_and_wait(&stack, &pg, &flip_fn, json!({})).await;
+    wait_served(&stack, &pg, &format!("/{t}?select=id&limit=1")).await;
+    wait_served(&stack, &pg, &format!("/{view}?select=id&limit=1")).await;
 
     let secret = stack.var("SUPABASE_SECRET_KEY");
     let http = reqwest::Client::new();

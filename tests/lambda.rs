@@ -7,7 +7,7 @@
 mod common;
 
 use common::{insert_docs, repo_root, run_of, sample_texts, unique, vectors, Stack};
-use embed_backfill::status::RunState;
+use embed_backfill::store::RunState;
 use embed_backfill::{handlers, invoke};
 use std::collections::HashMap;
 use std::net::TcpStream;
@@ -438,7 +438,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
     )
     .await
     .unwrap();
-    let status = stack.stores().status;
+    let status = stack.store();
     let started = Instant::now();
     while run_of(&status, run_id).await.state == RunState::Dispatching {
         assert!(
@@ -455,7 +455,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
         .unwrap_or_else(|e| panic!("continue: {e}"));
     assert_eq!(rest["complete"], true, "{rest}");
     assert_eq!(deliver(&stack, &lambda, &queue_url).await, (batches, 0));
-    let run = run_of(&stack.stores().status, run_id).await;
+    let run = run_of(&stack.store(), run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.total_batches as usize, run.batches_done as usize),

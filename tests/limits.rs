@@ -10,8 +10,8 @@ use embed_backfill::ids::{BatchSeq, RunId};
 use embed_backfill::queue::MemoryQueue;
 use embed_backfill::redrive;
 use embed_backfill::runner::{self, LocalOptions};
-use embed_backfill::status::RunState;
-use embed_backfill::supabase::RestError;
+use embed_backfill::store::RunState;
+use embed_backfill::store::StoreError;
 use embed_backfill::tokens;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,14 +97,14 @@ async fn dispatch_work_and_verify_are_exact_under_a_cap_of_100_with_batches_of_2
     .unwrap();
     common::assert_all_handled(&tally, 5);
 
-    let status = stack.stores().status;
+    let status = stack.store();
     let run = run_of(&status, summary.run_id).await;
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(
         (run.documents_embedded, run.batches_done, run.tokens_used),
         (1_234, 5, exact)
     );
-    let coverage = stack.stores().docs.coverage(Some(&archive)).await.unwrap();
+    let coverage = stack.store().coverage(Some(&archive)).await.unwrap();
     assert_eq!(
         (
             coverage.total,
@@ -128,10 +128,10 @@ async fn backfill_run_embeds_batches_of_1000_under_a_cap_of_100() {
     let texts = short_texts(2_100, "run1000");
     let ids = insert_texts(&pg, &archive, &texts).await;
 
-    let stores = stack.stores();
+    let store = stack.store();
     let queue = Arc::new(MemoryQueue::new());
     let dispatcher =
-        embed_backfill::setup::dispatcher(&stack.env(), &stores, queue.clone()).unwrap();
+        embed_backfill::setup::dispatcher(&stack.env(), &store, queue.clone()).unwrap();
     let local = LocalOptions {
         concurrency: 2,
         max_receive_count: 5,
@@ -153,7 +153,7 @@ async fn backfill_run_embeds_batches_of_1000_under_a_cap_of_100() {
     .unwrap();
     assert_eq!((summary.documents, summary.batches), (2_100, 3));
     assert_eq!((tally.succeeded, tally.failed), (3, 0));
-    let status = run_of(&stores.status, run).await;
+    let status = run_of(&store, run).await;
     assert_eq!(status.state, RunState::Completed);
     assert_eq!(
         (status.documents_embedded, status.documents_skipped),
@@ -173,13 +173,13 @@ async fn recovery_lists_of_batches_of_1_pass_a_cap_of_100() {
     let texts = short_texts(150, "ones");
     let ids = insert_texts(&pg, &archive, &texts).await;
     let (first, run) = stack.dispatch_fresh(&archive, 1).await;
-    let status = stack.stores().status;
+    let status = stack.store();
     assert_eq!(run_of(&status, run).await.total_batches, 150);
     assert_eq!(stack.queue_depth(first.url()).await, 150);
 
     // Nothing was worked: `retry-failed --unfinished` queues all 150.
     let (second, _) = stack.fresh_queue(30, 5).await;
-    let queued = redrive::retry_failed(&status, &second, run, true)
+    let queued = redrive::retry_failed(status.as_ref(), &second, run, true)
         .await
         .unwrap();
     assert_eq!(queued, 150);
@@ -294,7 +294,7 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
         stats["requests"]["/rpc/backfill_complete_batch"], 3,
         "a timeout is tried three times in all: {stats}"
     );
-    let status = stack.stores().status;
+    let status = stack.store();
     let failed = run_of(&status, run).await;
     assert_eq!(
         failed.batches_failed, 1,
@@ -313,7 +313,7 @@ async fn a_statement_timeout_is_retried_a_bounded_number_of_times_then_fails_the
     // Once the row is free, retry-failed finishes it, counted once.
     let (again, _) = stack.fresh_queue(30, 5).await;
     assert_eq!(
-        redrive::retry_failed(&status, &again, run, false)
+        redrive::retry_failed(status.as_ref(), &again, run, false)
             .await
             .unwrap(),
         1
@@ -343,25 +343,18 @@ async fn the_functions_own_errors_are_not_retried() {
     let base = Stack::load();
     let pg = base.pg().await;
     let (rest, stack) = short_timeout_stack(&base, &pg).await;
-    let status = stack.stores().status;
+    let status = stack.store();
     let archive = unique("settled");
     insert_texts(&pg, &archive, &short_texts(2, "settled")).await;
     let (_queue, run) = stack.dispatch_fresh(&archive, 10).await;
     rest.reset_stats().await;
     // P0002: no such run. PostgREST answers it with HTTP 500, like an outage.
     let err = status
-        .complete_batch(
-            stack.stores().docs.target(),
-            RunId::random(),
-            BatchSeq(0),
-            &[],
-            0,
-            &[],
-        )
+        .complete_batch(RunId::random(), BatchSeq(0), &[], 0, &[])
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, RestError::Server { code, status: 500, .. } if code == "P0002"),
+        matches!(&err, StoreError::Server { code, status: 500, .. } if code == "P0002"),
         "{err:?}"
     );
     assert!(!err.is_transient());
@@ -371,7 +364,7 @@ async fn the_functions_own_errors_are_not_retried() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, RestError::Server { code, .. } if code == "55000"),
+        matches!(&err, StoreError::Server { code, .. } if code == "55000"),
         "{err:?}"
     );
     assert!(!err.is_transient());
@@ -420,7 +413,7 @@ async fn texts_too_large_to_fetch_whole_come_in_bounded_answers_and_are_cut_in_t
     .await
     .unwrap();
     common::assert_all_handled(&tally, 1);
-    let done = run_of(&stack.stores().status, run).await;
+    let done = run_of(&stack.store(), run).await;
     assert_eq!(done.documents_embedded, 12);
     let cut: u64 = texts
         .iter()
@@ -437,7 +430,7 @@ async fn a_fetch_answer_stays_within_its_byte_budget() {
     let archive = unique("budget");
     let texts: Vec<String> = (0..5).map(|i| format!("{i}").repeat(3 << 20)).collect();
     let ids = insert_texts(&pg, &archive, &texts).await;
-    let target = serde_json::to_string(stack.stores().docs.target()).unwrap();
+    let target = serde_json::to_string(stack.store().target()).unwrap();
     let fetch = |max_chars: i32, after: Option<i64>| {
         let (pg, target, ids) = (&pg, &target, &ids);
         async move {

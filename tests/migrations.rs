@@ -642,11 +642,12 @@ async fn a_fresh_install_migrated_twice_is_unchanged() {
     fresh.drop().await;
 }
 
-/// The files that errors name (src/supabase.rs) exist, and each function is
+/// The files that errors name (src/store/postgrest/client.rs) exist, and each function is
 /// named with the file that defines it.
 #[test]
 fn the_files_errors_name_exist() {
-    let source = std::fs::read_to_string(repo_root().join("src/supabase.rs")).unwrap();
+    let source =
+        std::fs::read_to_string(repo_root().join("src/store/postgrest/client.rs")).unwrap();
     let migrations = repo_root().join("infra/migrations");
     let mut named = 0;
     for literal in source.split('"').skip(1).step_by(2) {
@@ -655,7 +656,7 @@ fn the_files_errors_name_exist() {
             named += 1;
         }
     }
-    assert!(named > 0, "no file named in src/supabase.rs");
+    assert!(named > 0, "no file named in src/store/postgrest/client.rs");
     for line in source.lines().map(str::trim) {
         let parts: Vec<&str> = line.split('"').collect();
         if let ["(", function, ", ", file, "),"] = parts[..] {

@@ -8,7 +8,7 @@ use common::{insert_docs, run_of, unique, vectors, Stack, Standin};
 use embed_backfill::embedder::EmbedError;
 use embed_backfill::queue::{Queue, Received};
 use embed_backfill::runner::{self, ConsumeOptions, OnFailure};
-use embed_backfill::status::RunState;
+use embed_backfill::store::RunState;
 use embed_backfill::worker::WorkerError;
 use std::time::Duration;
 
@@ -69,7 +69,7 @@ async fn backfill_through(provider: &str) {
     )
     .await
     .unwrap();
-    let done = run_of(&stack.stores().status, run).await;
+    let done = run_of(&stack.store(), run).await;
     assert_eq!(done.state, RunState::Completed, "{provider}: {done:?}");
     assert_eq!(done.documents_embedded, DOCS as u64, "{provider}");
     assert_eq!(done.params["provider"], provider);

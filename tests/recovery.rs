@@ -13,8 +13,8 @@ use embed_backfill::queue::{
     BatchMessage, IncomingMessage, Queue, QueueError, Received, Settle, SqsQueue,
 };
 use embed_backfill::redrive;
-use embed_backfill::status::RunState;
-use embed_backfill::supabase::RestError;
+use embed_backfill::store::RunState;
+use embed_backfill::store::StoreError;
 use embed_backfill::worker::WorkerError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -73,7 +73,7 @@ async fn a_retried_batch_gets_real_retries_after_a_permanent_failure() {
     let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
     drain(&stack, &queue).await;
-    let status = stack.stores().status;
+    let status = stack.store();
     let failed = run_of(&status, run).await;
     assert_eq!(failed.state, RunState::CompletedWithErrors);
     assert_eq!((failed.batches_failed, failed.documents_failed), (1, 3));
@@ -82,7 +82,7 @@ async fn a_retried_batch_gets_real_retries_after_a_permanent_failure() {
     set_text(&pg, ids[1], "Serveren svikter en gang [[fail:500]]").await;
     let (again, _) = stack.fresh_queue(1, 5).await;
     assert_eq!(
-        redrive::retry_failed(&status, &again, run, false)
+        redrive::retry_failed(status.as_ref(), &again, run, false)
             .await
             .unwrap(),
         1
@@ -194,7 +194,7 @@ async fn a_dispatch_stopped_by_a_revoked_key_is_finished_by_continue() {
         revoked: AtomicBool::new(false),
     });
     let dispatcher =
-        embed_backfill::setup::dispatcher(&stack.env(), &stack.stores(), queue).unwrap();
+        embed_backfill::setup::dispatcher(&stack.env(), &stack.store(), queue).unwrap();
     let options =
         DispatchRequest::from_json(&format!(r#"{{"archive": "{archive}", "batch_size": 1}}"#))
             .unwrap()
@@ -208,7 +208,7 @@ async fn a_dispatch_stopped_by_a_revoked_key_is_finished_by_continue() {
     assert!(
         matches!(
             &err,
-            embed_backfill::dispatch::DispatchError::Rest(RestError::Unauthorized { .. })
+            embed_backfill::dispatch::DispatchError::Store(StoreError::Unauthorized { .. })
         ),
         "{err}"
     );
@@ -252,7 +252,7 @@ async fn a_dispatch_stopped_by_a_revoked_key_is_finished_by_continue() {
     // The first page's batches are on the queue twice now: a copy that
     // meets the other's lease comes back later, and counts nothing.
     drain(&stack, &sqs).await;
-    let done = run_of(&stack.stores().status, run).await;
+    let done = run_of(&stack.store(), run).await;
     assert_eq!(done.state, RunState::Completed);
     assert_eq!(
         (
@@ -276,7 +276,7 @@ async fn retry_failed_brings_back_a_document_that_failed_alone() {
     let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
     drain(&stack, &queue).await;
-    let status = stack.stores().status;
+    let status = stack.store();
     let first = run_of(&status, run).await;
     assert_eq!(first.state, RunState::CompletedWithErrors);
     assert_eq!((first.documents_embedded, first.documents_failed), (4, 1));
@@ -285,7 +285,7 @@ async fn retry_failed_brings_back_a_document_that_failed_alone() {
     set_text(&pg, ids[2], &good).await;
     let (again, _) = stack.fresh_queue(30, 5).await;
     assert_eq!(
-        redrive::retry_failed(&status, &again, run, false)
+        redrive::retry_failed(status.as_ref(), &again, run, false)
             .await
             .unwrap(),
         1
@@ -340,7 +340,7 @@ async fn two_deliveries_of_one_batch_at_once_pay_one_api_call() {
     assert!(matches!(err, WorkerError::Leased(..)), "{err}");
     assert!(err.is_transient(), "the twin comes back later");
     assert_eq!(standin.stats().await["requests"].as_u64().unwrap(), 1);
-    let done = run_of(&stack.stores().status, run).await;
+    let done = run_of(&stack.store(), run).await;
     let tokens: u64 = docs
         .iter()
         .map(|t| embed_backfill::tokens::count(t) as u64)
@@ -393,7 +393,7 @@ async fn a_dispatch_on_a_slow_database_is_finished_by_continuations() {
     assert_eq!((answer.summary.documents, answer.summary.batches), (60, 12));
     gateway.faults(serde_json::json!({"latency_ms": 0})).await;
     drain(&stack, &queue).await;
-    let done = run_of(&stack.stores().status, run).await;
+    let done = run_of(&stack.store(), run).await;
     assert_eq!(done.state, RunState::Completed);
     assert_eq!((done.documents_embedded, done.batches_done), (60, 12));
     let states: Vec<String> = pg
@@ -421,29 +421,19 @@ async fn vectors_written_by_an_interrupted_delivery_count_once() {
     // A delivery wrote its first chunk of 100 vectors, then died.
     let refs: Vec<&str> = docs[..100].iter().map(String::as_str).collect();
     let expected = stack.expected_vectors(&refs).await;
-    let rows: Vec<embed_backfill::status::VectorRow<'_>> = ids[..100]
+    let rows: Vec<embed_backfill::store::VectorRow<'_>> = ids[..100]
         .iter()
         .zip(&expected)
-        .map(|(id, v)| embed_backfill::status::VectorRow {
+        .map(|(id, v)| embed_backfill::store::VectorRow {
             id: embed_backfill::ids::DocumentId(*id),
             embedding: v,
         })
         .collect();
-    let status = stack.stores().status;
-    let target = stack.stores().docs.target().clone();
+    let status = stack.store();
     let seq = embed_backfill::ids::BatchSeq(0);
+    assert_eq!(status.write_vectors(run, seq, &rows).await.unwrap(), 100);
     assert_eq!(
-        status
-            .write_vectors(&target, run, seq, &rows)
-            .await
-            .unwrap(),
-        100
-    );
-    assert_eq!(
-        status
-            .write_vectors(&target, run, seq, &rows)
-            .await
-            .unwrap(),
+        status.write_vectors(run, seq, &rows).await.unwrap(),
         0,
         "a repeat writes nothing"
     );

@@ -3,18 +3,15 @@
 //! Near its deadline it saves its cursor and invokes itself, asynchronously,
 //! with `{"continue_run": ..., "hop": n}`.
 
-use embed_backfill::{handlers, invoke, logging, secrets_manager, setup};
+use embed_backfill::{handlers, invoke, setup};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let _ = dotenvy::dotenv();
-    logging::init_lambda();
-    let env = secrets_manager::environment().await?;
-    let stores = setup::stores(&env)?;
+    let (env, store) = handlers::boot().await?;
     let queue = setup::sqs_queue(&env).await?;
-    let dispatcher = setup::dispatcher(&env, &stores, queue)?;
+    let dispatcher = setup::dispatcher(&env, &store, queue)?;
     let lambda = aws_sdk_lambda::Client::new(&aws_config::load_from_env().await);
     let (dispatcher, lambda) = (&dispatcher, &lambda);
     run(service_fn(move |event: LambdaEvent<Value>| async move {

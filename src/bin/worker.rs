@@ -2,16 +2,13 @@
 //! (ReportBatchItemFailures) out.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use embed_backfill::{handlers, logging, secrets_manager, setup};
+use embed_backfill::{handlers, setup};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let _ = dotenvy::dotenv();
-    logging::init_lambda();
-    let env = secrets_manager::environment().await?;
-    let stores = setup::stores(&env)?;
-    let worker = setup::worker(&env, &stores)?;
+    let (env, store) = handlers::boot().await?;
+    let worker = setup::worker(&env, &store)?;
     let worker = &worker;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = handlers::deadline_from(event.context.deadline());

@@ -1,10 +1,10 @@
 //! Settings read from the environment (or a `.env` file, loaded by the binaries),
 //! under the names the old TypeScript tool and Supabase use.
 
-use crate::documents::Target;
 use crate::embedder::Limits;
 use crate::rate::Budget;
 use crate::secret::Secret;
+use crate::store::Target;
 use std::time::Duration;
 use thiserror::Error;
 

@@ -1,9 +1,8 @@
 //! The token estimate of a real dispatch, without reading every text.
 
-use crate::documents::{DocumentStore, PagedDocument};
 use crate::embedder::tokens::{self, Tokenizer};
 use crate::ids::DocumentId;
-use crate::supabase::RestError;
+use crate::store::{PagedDocument, Store, StoreError};
 use std::collections::HashMap;
 
 /// How the provider counts a text as the worker sends it: none when blank,
@@ -47,23 +46,24 @@ impl TokenEstimator {
     /// Counts the texts of the first page's first documents exactly, for the
     /// estimate of the rest.
     pub(super) async fn calibrate(
-        docs: &DocumentStore,
+        store: &dyn Store,
         count: TokenCount,
         page: &[PagedDocument],
-    ) -> Result<Self, RestError> {
+    ) -> Result<Self, StoreError> {
         let sample: Vec<DocumentId> = page.iter().take(CALIBRATION_DOCS).map(|d| d.id).collect();
         let mut exact = HashMap::with_capacity(sample.len());
         let (mut tokens, mut bytes) = (0u64, 0u64);
-        docs.for_each_missing(&sample, count.prefix_chars(), |d| {
-            let n = count.of(&d.content);
-            // A text cut at the input limit says nothing about tokens per byte.
-            if n > 0 && n < count.limit as u64 {
-                tokens += n;
-                bytes += d.content.as_deref().map_or(0, |t| t.len() as u64);
-            }
-            exact.insert(d.id, n);
-        })
-        .await?;
+        store
+            .for_each_missing(&sample, count.prefix_chars(), |d| {
+                let n = count.of(&d.content);
+                // A text cut at the input limit says nothing about tokens per byte.
+                if n > 0 && n < count.limit as u64 {
+                    tokens += n;
+                    bytes += d.content.as_deref().map_or(0, |t| t.len() as u64);
+                }
+                exact.insert(d.id, n);
+            })
+            .await?;
         Ok(Self {
             count,
             tokens_per_byte: if bytes == 0 {

@@ -5,19 +5,19 @@
 mod estimate;
 mod paging;
 mod request;
+#[cfg(test)]
+mod tests;
 
 pub use request::{
     DispatchCommand, DispatchOptions, DispatchRequest, EventError, DEFAULT_BATCH_SIZE,
     DEFAULT_EMBEDDING_BATCH_SIZE, MAX_BATCH_SIZE, MAX_EMBEDDING_BATCH_SIZE, MAX_HOPS,
 };
 
-use crate::documents::{DocumentStore, Target};
 use crate::embedder::Provider;
 use crate::ids::{BatchSeq, RunId};
 use crate::progress;
 use crate::queue::{BatchMessage, Queue, QueueError};
-use crate::status::{BatchState, CreatedRun, RunState, RunStatus, StatusStore};
-use crate::supabase::RestError;
+use crate::store::{BatchState, CreatedRun, RunState, RunStatus, Store, StoreError, Target};
 use paging::Cursor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -72,7 +72,7 @@ pub struct DispatchSummary {
 #[derive(Debug, Error)]
 pub enum DispatchError {
     #[error(transparent)]
-    Rest(#[from] RestError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("{}", active_run_message(.0))]
@@ -136,22 +136,15 @@ async fn before_deadline<T>(
 }
 
 pub struct Dispatcher<Q> {
-    docs: DocumentStore,
-    status: StatusStore,
+    store: Arc<dyn Store>,
     queue: Q,
     provider: Arc<dyn Provider>,
 }
 
 impl<Q: Queue> Dispatcher<Q> {
-    pub fn new(
-        docs: DocumentStore,
-        status: StatusStore,
-        queue: Q,
-        provider: Arc<dyn Provider>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, queue: Q, provider: Arc<dyn Provider>) -> Self {
         Self {
-            docs,
-            status,
+            store,
             queue,
             provider,
         }
@@ -174,14 +167,14 @@ impl<Q: Queue> Dispatcher<Q> {
         }
         let params = serde_json::to_value(RunParams {
             options: opts.clone(),
-            target: self.docs.target().clone(),
+            target: self.store.target().clone(),
             provider: self.provider.name().into(),
             model: self.provider.model().into(),
             dimensions: self.provider.dimensions(),
         })
         .unwrap_or_default();
         let created = self
-            .status
+            .store
             .create_run(
                 run,
                 &params,
@@ -207,7 +200,7 @@ impl<Q: Queue> Dispatcher<Q> {
         deadline: Option<Instant>,
     ) -> Result<DispatchSummary, DispatchError> {
         let status = self
-            .status
+            .store
             .run_status(Some(run))
             .await?
             .ok_or(DispatchError::UnknownRun(run))?;
@@ -216,7 +209,7 @@ impl<Q: Queue> Dispatcher<Q> {
             .options;
         // An older version ended a dispatch that met a permanent error `failed`.
         let status = if status.state == RunState::Failed && status.dispatched_at.is_none() {
-            self.status.resume_dispatch(run).await?
+            self.store.resume_dispatch(run).await?
         } else {
             status
         };
@@ -240,13 +233,13 @@ impl<Q: Queue> Dispatcher<Q> {
 
     /// Sends the batches recorded but never confirmed queued; how many.
     async fn resend_pending(&self, run: RunId) -> Result<u64, DispatchError> {
-        let pending = self.status.batches_in(run, &[BatchState::Pending]).await?;
+        let pending = self.store.batches_in(run, &[BatchState::Pending]).await?;
         for chunk in pending.chunks(PAGE_BATCHES as usize * 10) {
             let messages: Vec<BatchMessage> =
                 chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
             self.queue.send(&messages).await?;
             let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
-            self.status.mark_queued(run, &seqs).await?;
+            self.store.mark_queued(run, &seqs).await?;
         }
         if !pending.is_empty() {
             tracing::info!(run_id = %run, batches = pending.len(), "pending batches queued again");
@@ -260,7 +253,7 @@ impl<Q: Queue> Dispatcher<Q> {
     async fn stopped(&self, run: RunId, e: DispatchError) -> DispatchError {
         let note =
             format!("dispatch stopped: {e}; continue it with `backfill dispatch --continue {run}`");
-        if let Err(fail) = self.status.note_run_error(run, &note).await {
+        if let Err(fail) = self.store.note_run_error(run, &note).await {
             tracing::error!(run_id = %run, error = %fail, "could not record why the dispatch stopped");
         }
         e
@@ -273,7 +266,7 @@ impl<Q: Queue> Dispatcher<Q> {
     ) -> Result<DispatchSummary, DispatchError> {
         tracing::info!(run_id = %run, "deadline near: stopping; continue with {{\"continue_run\": \"{run}\"}}");
         let status = self
-            .status
+            .store
             .run_status(Some(run))
             .await?
             .ok_or(DispatchError::UnknownRun(run))?;
@@ -288,11 +281,7 @@ impl<Q: Queue> Dispatcher<Q> {
         deadline: Option<Instant>,
     ) -> Result<DispatchSummary, DispatchError> {
         match self.page_into_batches(run, opts, cursor, deadline).await {
-            Ok(true) => Ok(summary(
-                &self.status.finish_dispatch(run).await?,
-                opts,
-                true,
-            )),
+            Ok(true) => Ok(summary(&self.store.finish_dispatch(run).await?, opts, true)),
             Ok(false) => self.stopped_at_deadline(run, opts).await,
             Err(e) => Err(self.stopped(run, e).await),
         }

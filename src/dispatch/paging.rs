@@ -10,7 +10,7 @@ use super::{
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, Queue};
-use crate::status::{BatchRef, NewBatch};
+use crate::store::{BatchRef, NewBatch};
 use tokio::time::Instant;
 
 /// Where paging stands: the next id to page after, the next batch number and
@@ -82,7 +82,7 @@ impl<Q: Queue> Dispatcher<Q> {
     ) -> Result<bool, DispatchError> {
         let started = Instant::now();
         let page = self
-            .docs
+            .store
             .page(opts.archive.as_deref(), cursor.after, page_size)
             .await?;
         let Some(last) = page.rows.last() else {
@@ -92,7 +92,8 @@ impl<Q: Queue> Dispatcher<Q> {
         let estimator = match estimator {
             Some(e) => e,
             None => estimator.insert(
-                TokenEstimator::calibrate(&self.docs, self.token_count(), &page.rows).await?,
+                TokenEstimator::calibrate(self.store.as_ref(), self.token_count(), &page.rows)
+                    .await?,
             ),
         };
         let batches: Vec<NewBatch> = page
@@ -108,7 +109,7 @@ impl<Q: Queue> Dispatcher<Q> {
                 b
             })
             .collect();
-        self.status.add_batches(run, &batches, last_id).await?;
+        self.store.add_batches(run, &batches, last_id).await?;
         failpoint::crash_point("dispatch_after_save");
         let refs: Vec<BatchRef> = batches
             .iter()
@@ -122,7 +123,7 @@ impl<Q: Queue> Dispatcher<Q> {
         self.queue.send(&messages).await?;
         failpoint::crash_point("dispatch_after_send");
         let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
-        self.status.mark_queued(run, &seqs).await?;
+        self.store.mark_queued(run, &seqs).await?;
         tracing::info!(
             run_id = %run,
             first_id = %page.rows[0].id,
@@ -161,14 +162,14 @@ impl<Q: Queue> Dispatcher<Q> {
                 break;
             }
             let page = self
-                .docs
+                .store
                 .page(opts.archive.as_deref(), cursor.after, page_size)
                 .await?;
             let Some(last) = page.rows.last() else { break };
             cursor.after = Some(last.id);
             documents += page.rows.len() as u64;
             let ids: Vec<DocumentId> = page.rows.iter().map(|d| d.id).collect();
-            self.docs
+            self.store
                 .for_each_missing(&ids, count.prefix_chars(), |d| {
                     tokens_total += count.of(&d.content)
                 })

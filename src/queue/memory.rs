@@ -176,20 +176,7 @@ impl Queue for MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{BatchSeq, DocumentId, RunId};
-
-    fn messages(n: u32) -> Vec<BatchMessage> {
-        let run_id = RunId::random();
-        (0..n)
-            .map(|i| BatchMessage {
-                v: 1,
-                run_id,
-                batch: BatchSeq(i),
-                first_id: DocumentId(i64::from(i) * 10),
-                last_id: DocumentId(i64::from(i) * 10 + 9),
-            })
-            .collect()
-    }
+    use crate::testkit::messages;
 
     const WAIT: Duration = Duration::from_secs(20);
 

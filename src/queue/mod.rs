@@ -10,7 +10,7 @@ pub use memory::MemoryQueue;
 pub use sqs::SqsQueue;
 
 use crate::ids::{BatchSeq, DocumentId, RunId};
-use crate::status::BatchRef;
+use crate::store::BatchRef;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

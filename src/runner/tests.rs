@@ -2,8 +2,8 @@
 //! worker: no stack needed. Time is paused, so the delays are exact.
 
 use super::*;
-use crate::ids::{BatchSeq, DocumentId};
 use crate::queue::{BatchMessage, Received};
+use crate::testkit::messages;
 use std::sync::Mutex;
 
 /// Fails each delivery up to `fail_through` receives with `error`, then
@@ -63,22 +63,9 @@ fn permanent() -> WorkerError {
     WorkerError::UnknownRun(RunId::random())
 }
 
-fn batches(n: u32) -> Vec<BatchMessage> {
-    let run_id = RunId::random();
-    (0..n)
-        .map(|i| BatchMessage {
-            v: 1,
-            run_id,
-            batch: BatchSeq(i),
-            first_id: DocumentId(i.into()),
-            last_id: DocumentId(i.into()),
-        })
-        .collect()
-}
-
 async fn queue_of(n: u32, closed: bool) -> MemoryQueue {
     let queue = MemoryQueue::new();
-    queue.send(&batches(n)).await.unwrap();
+    queue.send(&messages(n)).await.unwrap();
     if closed {
         queue.close();
     }
@@ -174,7 +161,7 @@ async fn without_until_empty_the_loop_outlasts_empty_receives_until_the_queue_dr
     let flaky = Flaky::new(0, transient);
     let feed = async {
         tokio::time::sleep(WAIT * 3).await;
-        queue.send(&batches(1)).await.unwrap();
+        queue.send(&messages(1)).await.unwrap();
         tokio::time::sleep(WAIT).await;
         queue.close();
         Instant::now()

@@ -4,7 +4,7 @@
 use super::Worker;
 use crate::embedder::{tokens, EmbedError};
 use crate::ids::DocumentId;
-use crate::status::FailedDocument;
+use crate::store::FailedDocument;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;

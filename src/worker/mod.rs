@@ -2,21 +2,22 @@
 //! counted completion in the status row. Safe to run twice on the same message.
 
 mod bisect;
+#[cfg(test)]
+mod tests;
 
 use crate::dispatch::{RunParams, DEFAULT_EMBEDDING_BATCH_SIZE};
-use crate::documents::DocumentStore;
 use crate::embedder::batching;
 use crate::embedder::tokens;
 use crate::embedder::{EmbedError, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MessageError};
-use crate::status::{BatchState, FailedDocument, StatusStore, VectorRow};
-use crate::supabase::RestError;
+use crate::store::{BatchState, FailedDocument, Store, StoreError, VectorRow};
 use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant as StdInstant;
 use thiserror::Error;
@@ -43,7 +44,7 @@ pub enum WorkerError {
     #[error("batch {1} of run {0} is being worked by another delivery until {2}; SQS brings this one back after its visibility timeout")]
     Leased(RunId, BatchSeq, String),
     #[error(transparent)]
-    Rest(#[from] RestError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
 }
@@ -52,7 +53,7 @@ impl WorkerError {
     /// Another delivery could succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            WorkerError::Rest(e) => e.is_transient(),
+            WorkerError::Store(e) => e.is_transient(),
             WorkerError::Embed(e) => e.is_retryable(),
             WorkerError::OutOfTime | WorkerError::Leased(..) => true,
             _ => false,
@@ -87,8 +88,7 @@ pub struct BatchReport {
 
 #[derive(Clone, Debug)]
 pub struct Worker {
-    docs: DocumentStore,
-    status: StatusStore,
+    store: Arc<dyn Store>,
     embedder: Embedder,
     max_receive_count: u32,
     /// The queue's visibility timeout, where it is shorter than a delivery's
@@ -107,15 +107,9 @@ const WRITE_CHUNK: usize = 100;
 const DEFAULT_LEASE: Duration = Duration::from_secs(900);
 
 impl Worker {
-    pub fn new(
-        docs: DocumentStore,
-        status: StatusStore,
-        embedder: Embedder,
-        max_receive_count: u32,
-    ) -> Self {
+    pub fn new(store: Arc<dyn Store>, embedder: Embedder, max_receive_count: u32) -> Self {
         Self {
-            docs,
-            status,
+            store,
             embedder,
             max_receive_count,
             lease_cap: None,
@@ -235,7 +229,7 @@ impl Worker {
             let billed = billed.load(Ordering::Relaxed);
             let error = e.to_string();
             if let Err(rec) = self
-                .status
+                .store
                 .fail_batch(m.run_id, m.batch, &error, permanent, billed)
                 .await
             {
@@ -261,7 +255,7 @@ impl Worker {
         };
         let t = StdInstant::now();
         let start = self
-            .status
+            .store
             .begin_batch(msg.run_id, msg.batch, receive_count, self.lease(deadline))
             .await?;
         if !start.run_found {
@@ -304,7 +298,7 @@ impl Worker {
         let provider = self.embedder.provider();
         let (tokenizer, limits) = (provider.tokenizer(), provider.limits());
         let mut prepared: Vec<(DocumentId, tokens::Prepared<'static>)> = Vec::new();
-        self.docs
+        self.store
             .for_each_missing(
                 &start.ids,
                 tokenizer.prefix_chars(limits.tokens_per_input),
@@ -363,14 +357,13 @@ impl Worker {
         // with the completion, so a batch of up to one chunk is one call.
         let last = rows.len().saturating_sub(1) / WRITE_CHUNK * WRITE_CHUNK;
         for chunk in rows[..last].chunks(WRITE_CHUNK) {
-            self.status
-                .write_vectors(self.docs.target(), msg.run_id, msg.batch, chunk)
+            self.store
+                .write_vectors(msg.run_id, msg.batch, chunk)
                 .await?;
         }
         let done = self
-            .status
+            .store
             .complete_batch(
-                self.docs.target(),
                 msg.run_id,
                 msg.batch,
                 &rows[last..],

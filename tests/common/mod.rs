@@ -9,12 +9,13 @@ use embed_backfill::dispatch::Dispatcher;
 use embed_backfill::ids::RunId;
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::setup;
-use embed_backfill::status::{RunStatus, StatusStore};
+use embed_backfill::store::{RunStatus, Store};
 use embed_backfill::worker::Worker;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub fn repo_root() -> PathBuf {
@@ -78,16 +79,16 @@ impl Stack {
         Env(move |name: &str| self.vars.get(name).cloned())
     }
 
-    pub fn stores(&self) -> setup::Stores {
-        setup::stores(&self.env()).expect("stores from the stack's settings")
+    pub fn store(&self) -> Arc<dyn Store> {
+        setup::store(&self.env()).expect("a store from the stack's settings")
     }
 
     pub fn dispatcher(&self, queue: &SqsQueue) -> Dispatcher<SqsQueue> {
-        setup::dispatcher(&self.env(), &self.stores(), queue.clone()).expect("dispatcher")
+        setup::dispatcher(&self.env(), &self.store(), queue.clone()).expect("dispatcher")
     }
 
     pub fn worker(&self) -> Worker {
-        setup::worker(&self.env(), &self.stores()).expect("worker")
+        setup::worker(&self.env(), &self.store()).expect("worker")
     }
 
     /// Messages in a queue, visible or in flight.
@@ -245,8 +246,8 @@ impl Stack {
 }
 
 /// The run's status row, which the test expects to exist.
-pub async fn run_of(status: &StatusStore, id: impl Into<Option<RunId>>) -> RunStatus {
-    status
+pub async fn run_of(store: &Arc<dyn Store>, id: impl Into<Option<RunId>>) -> RunStatus {
+    store
         .run_status(id.into())
         .await
         .expect("run status")

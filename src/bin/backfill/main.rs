@@ -14,12 +14,12 @@ use args::{
 use clap::Parser;
 use embed_backfill::config::Env;
 use embed_backfill::dispatch::{DispatchCommand, DispatchRequest, DispatchSummary};
-use embed_backfill::documents::Coverage;
 use embed_backfill::ids::RunId;
 use embed_backfill::progress;
 use embed_backfill::queue::{MemoryQueue, SqsQueue};
 use embed_backfill::redrive::{self, RedriveReport};
 use embed_backfill::runner::{self, ConsumeOptions, LocalOptions, OnFailure, Tally};
+use embed_backfill::store::Coverage;
 use embed_backfill::{invoke, logging, secrets_manager, setup};
 use render::{Bar, Ran};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,15 +70,15 @@ async fn execute(cli: Cli) -> Result<()> {
 /// settings, with `--tpm`/`--rpm` set over the environment's.
 async fn run<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &RunArgs) -> Result<Ran> {
     let options = args.selection.request().validate()?;
-    let stores = setup::stores(env)?;
+    let store = setup::store(env)?;
     let embedding = args.rate.over(env.embedding()?);
     let queue = Arc::new(MemoryQueue::new());
-    let dispatcher = setup::dispatcher_from(&embedding, &stores, queue.clone());
+    let dispatcher = setup::dispatcher_from(&embedding, &store, queue.clone());
     if options.dry_run {
         return Ok(Ran::DryRun(dispatcher.dispatch(&options).await?));
     }
     let max_receive_count = env.max_receive_count()?;
-    let worker = setup::worker_from(&embedding, &stores, max_receive_count)?;
+    let worker = setup::worker_from(&embedding, &store, max_receive_count)?;
     let local = LocalOptions {
         concurrency: args.concurrency.into(),
         max_receive_count,
@@ -91,7 +91,7 @@ async fn run<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &RunArgs) -> Res
     let watch = async {
         let Some(bar) = &bar else { return };
         while !finished.load(Ordering::Relaxed) {
-            if let Ok(Some(s)) = stores.status.run_status(Some(run_id)).await {
+            if let Ok(Some(s)) = store.run_status(Some(run_id)).await {
                 bar.show(&s);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -108,8 +108,7 @@ async fn run<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &RunArgs) -> Res
         bar.finish();
     }
     result?;
-    let status = stores
-        .status
+    let status = store
         .run_status(Some(run_id))
         .await?
         .context("the run vanished from backfill_runs")?;
@@ -132,22 +131,22 @@ async fn dispatch<F: Fn(&str) -> Option<String>>(
         return Ok(invoke::dispatch(&lambda, function, &request).await?);
     }
     let command = request.into_command()?;
-    let stores = setup::stores(env)?;
+    let store = setup::store(env)?;
     Ok(match command {
         DispatchCommand::Start(options) if options.dry_run => {
-            setup::dispatcher(env, &stores, MemoryQueue::new())?
+            setup::dispatcher(env, &store, MemoryQueue::new())?
                 .dispatch(&options)
                 .await?
         }
         DispatchCommand::Start(options) => {
             let queue = setup::sqs_queue(env).await?;
-            setup::dispatcher(env, &stores, queue)?
+            setup::dispatcher(env, &store, queue)?
                 .dispatch(&options)
                 .await?
         }
         DispatchCommand::Continue { run, .. } => {
             let queue = setup::sqs_queue(env).await?;
-            setup::dispatcher(env, &stores, queue)?
+            setup::dispatcher(env, &store, queue)?
                 .continue_run(run, None)
                 .await?
         }
@@ -157,9 +156,9 @@ async fn dispatch<F: Fn(&str) -> Option<String>>(
 /// Receive loops like the worker Lambda's event source mapping; failed
 /// messages are left to the visibility timeout, as SQS would.
 async fn work<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &WorkArgs) -> Result<Tally> {
-    let stores = setup::stores(env)?;
+    let store = setup::store(env)?;
     let embedding = args.rate.over(env.embedding()?);
-    let worker = setup::worker_from(&embedding, &stores, env.max_receive_count()?)?;
+    let worker = setup::worker_from(&embedding, &store, env.max_receive_count()?)?;
     let queue = setup::sqs_queue(env).await?;
     let opts = ConsumeOptions {
         until_empty: args.until_empty,
@@ -179,14 +178,14 @@ async fn work<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &WorkArgs) -> R
 /// Prints the run's status, and again every 2 seconds under `--watch` until
 /// it finishes: a loop of calls and prints rather than one.
 async fn status<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &StatusArgs) -> Result<()> {
-    let stores = setup::stores(env)?;
+    let store = setup::store(env)?;
     let queue = match env.queue() {
         Ok(q) => Some(SqsQueue::from_env(q.queue_url).await),
         Err(_) => None,
     };
     let stalled_after = Duration::from_secs(args.stalled_after * 60);
     loop {
-        let Some(status) = stores.status.run_status(args.run_id).await? else {
+        let Some(status) = store.run_status(args.run_id).await? else {
             match args.run_id {
                 Some(id) => bail!("no run {id} in backfill_runs"),
                 None => bail!("no runs yet: start one with `backfill dispatch` or `backfill run`"),
@@ -218,8 +217,8 @@ async fn verify<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     args: &VerifyArgs,
 ) -> Result<Coverage> {
-    let stores = setup::stores(env)?;
-    Ok(stores.docs.coverage(args.archive.as_deref()).await?)
+    let store = setup::store(env)?;
+    Ok(store.coverage(args.archive.as_deref()).await?)
 }
 
 async fn redrive<F: Fn(&str) -> Option<String>>(
@@ -240,7 +239,7 @@ async fn retry_failed<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     args: &RetryFailedArgs,
 ) -> Result<u64> {
-    let stores = setup::stores(env)?;
+    let store = setup::store(env)?;
     let queue = setup::sqs_queue(env).await?;
-    Ok(redrive::retry_failed(&stores.status, &queue, args.run_id, args.unfinished).await?)
+    Ok(redrive::retry_failed(store.as_ref(), &queue, args.run_id, args.unfinished).await?)
 }

@@ -3,12 +3,12 @@
 
 use anyhow::Result;
 use embed_backfill::dispatch::DispatchSummary;
-use embed_backfill::documents::Coverage;
 use embed_backfill::ids::RunId;
 use embed_backfill::progress::{self, human_duration, Progress, Stall};
 use embed_backfill::redrive::RedriveReport;
 use embed_backfill::runner::Tally;
-use embed_backfill::status::RunStatus;
+use embed_backfill::store::Coverage;
+use embed_backfill::store::RunStatus;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::time::Duration;

@@ -1,14 +1,14 @@
-//! PostgREST access (Supabase's REST API) through postgrest-rs, with errors an
-//! operator can act on. Every call is an RPC with a JSON body.
+//! One RPC over PostgREST (Supabase's REST API) through postgrest-rs: its
+//! retries, and its failures turned into errors an operator can act on.
 
 use crate::config::{KeySource, SupabaseConfig};
 use crate::retry::Backoff;
+use crate::store::StoreError;
 use postgrest::Postgrest;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
-use thiserror::Error;
 
 /// The file of infra/migrations/idempotent/ that defines each RPC function, so
 /// a missing one names its fix: scripts/migrate.sh applies every such file on
@@ -32,92 +32,10 @@ const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[
     ("backfill_complete_batch", "idempotent/004_batches.sql"),
     ("backfill_fail_batch", "idempotent/004_batches.sql"),
 ];
-const MIGRATE_HINT: &str = "run scripts/migrate.sh with DATABASE_URL pointing at the database";
-
-#[derive(Debug, Error)]
-pub enum RestError {
-    #[error("cannot reach the Supabase REST API at {url}: {reason}. Check SUPABASE_URL and that the service is up")]
-    Unreachable { url: String, reason: String },
-    #[error("the Supabase REST API at {url} did not answer {function} within {timeout:?}")]
-    Timeout {
-        url: String,
-        function: String,
-        timeout: Duration,
-    },
-    #[error("Supabase refused the key in {key_var} (HTTP {status}: {message}). Set {key_var} to the project's service_role key (or SUPABASE_SECRET_KEY to a secret key)")]
-    Unauthorized {
-        key_var: &'static str,
-        status: u16,
-        message: String,
-    },
-    #[error("the database lacks {what}: apply infra/migrations/{migration} ({MIGRATE_HINT}). Server said: {message}")]
-    MissingMigration {
-        what: String,
-        migration: &'static str,
-        message: String,
-    },
-    #[error("{function} failed with HTTP {status} ({code}): {message}{}", hint.as_deref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
-    Server {
-        function: String,
-        status: u16,
-        code: String,
-        message: String,
-        hint: Option<String>,
-    },
-    #[error("{function} ran into the database's statement timeout {attempts} time(s) in a row (Supabase gives API calls 8 s). Lower --batch-size so each call does less, or give the API more time: ALTER ROLE authenticator SET statement_timeout = '30s'; NOTIFY pgrst, 'reload config'; then retry (`backfill retry-failed RUN_ID`, or `backfill dispatch --continue RUN_ID` for a dispatch). Server said: {message}")]
-    StatementTimeout {
-        function: String,
-        attempts: u32,
-        message: String,
-    },
-    #[error("{function} answered with a body this version cannot read: {reason}")]
-    Decode { function: String, reason: String },
-}
-
 /// Statement timeouts tried again within one call: a timeout can be a lock
 /// held for a moment or a busy database, but the same statement failing three
 /// times in a row will fail the same way on every delivery.
 const STATEMENT_TIMEOUT_ATTEMPTS: u32 = 3;
-
-impl RestError {
-    /// Worth another try later: the service may come back, unlike a bad key or
-    /// a missing migration.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            RestError::Unreachable { .. } | RestError::Timeout { .. } => true,
-            RestError::Server { status, code, .. } => match sqlstate_is_transient(code) {
-                Some(transient) => transient,
-                None => *status >= 500 || *status == 408 || *status == 429,
-            },
-            _ => false,
-        }
-    }
-}
-
-/// What a Postgres error code says about trying again, where it says
-/// anything. PostgREST answers most database errors with HTTP 500, the
-/// backfill functions' own deliberate ones too (P0002 no such run, 55000 a
-/// run in the wrong state, 22023 a bad argument): the code, not the status,
-/// tells a database that is restarting from a call that will never succeed.
-fn sqlstate_is_transient(code: &str) -> Option<bool> {
-    let is_sqlstate = code.len() == 5 && !code.starts_with("PGRST");
-    if !is_sqlstate {
-        return None;
-    }
-    Some(matches!(
-        code,
-        // Connection lost, serialization failure, deadlock, lock_timeout,
-        // shutdown or start-up, out of resources.
-        c if c.starts_with("08")
-            || c.starts_with("53")
-            || c == "40001"
-            || c == "40P01"
-            || c == "55P03"
-            || c == "57P01"
-            || c == "57P02"
-            || c == "57P03"
-    ))
-}
 
 #[derive(Deserialize, Default)]
 struct PgError {
@@ -132,7 +50,7 @@ struct PgError {
 }
 
 #[derive(Clone)]
-pub struct Rest {
+pub(super) struct Rest {
     client: Postgrest,
     url: String,
     key_source: KeySource,
@@ -150,11 +68,11 @@ impl std::fmt::Debug for Rest {
 }
 
 impl Rest {
-    pub fn new(cfg: &SupabaseConfig) -> Result<Self, RestError> {
+    pub(super) fn new(cfg: &SupabaseConfig) -> Result<Self, StoreError> {
         let key = cfg.key.expose();
         // postgrest-rs panics on a value that cannot be a header; refuse it first.
         if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err(RestError::Unauthorized {
+            return Err(StoreError::Unauthorized {
                 key_var: cfg.key_source.var_name(),
                 status: 0,
                 message: "the key holds spaces or characters that cannot go in an HTTP header"
@@ -181,19 +99,19 @@ impl Rest {
     /// Calls `function` with named arguments and decodes its JSON answer,
     /// retrying transient failures (a restarting database or API) with backoff.
     /// Every backfill RPC is safe to repeat: their state changes are guarded.
-    pub async fn rpc<T: DeserializeOwned>(
+    pub(super) async fn rpc<T: DeserializeOwned>(
         &self,
         function: &str,
         args: &Value,
-    ) -> Result<T, RestError> {
+    ) -> Result<T, StoreError> {
         let mut attempt = 1;
         let mut timeouts = 0;
         loop {
             match self.rpc_once(function, args).await {
-                Err(RestError::StatementTimeout { message, .. }) => {
+                Err(StoreError::StatementTimeout { message, .. }) => {
                     timeouts += 1;
                     if timeouts >= STATEMENT_TIMEOUT_ATTEMPTS {
-                        return Err(RestError::StatementTimeout {
+                        return Err(StoreError::StatementTimeout {
                             function: function.to_string(),
                             attempts: timeouts,
                             message,
@@ -227,7 +145,7 @@ impl Rest {
         &self,
         function: &str,
         args: &Value,
-    ) -> Result<T, RestError> {
+    ) -> Result<T, StoreError> {
         let body = match args {
             Value::Object(map) => serde_json::to_string(
                 &map.iter()
@@ -237,12 +155,12 @@ impl Rest {
             .unwrap_or_default(),
             other => other.to_string(),
         };
-        let timed_out = |_| RestError::Timeout {
+        let timed_out = |_| StoreError::Timeout {
             url: self.url.clone(),
             function: function.to_string(),
             timeout: self.timeout,
         };
-        let unreachable = |e: &dyn std::error::Error| RestError::Unreachable {
+        let unreachable = |e: &dyn std::error::Error| StoreError::Unreachable {
             url: self.url.clone(),
             reason: describe_transport_error(e),
         };
@@ -262,7 +180,7 @@ impl Rest {
             } else {
                 body.as_str()
             };
-            return serde_json::from_str(body).map_err(|e| RestError::Decode {
+            return serde_json::from_str(body).map_err(|e| StoreError::Decode {
                 function: function.to_string(),
                 reason: e.to_string(),
             });
@@ -270,7 +188,7 @@ impl Rest {
         Err(self.classify(function, status, &body))
     }
 
-    fn classify(&self, function: &str, status: u16, body: &str) -> RestError {
+    fn classify(&self, function: &str, status: u16, body: &str) -> StoreError {
         let pg: PgError = serde_json::from_str(body).unwrap_or_default();
         let code = pg.code.unwrap_or_default();
         let mut message = pg
@@ -287,28 +205,28 @@ impl Rest {
                 .unwrap_or("idempotent/")
         };
         match code.as_str() {
-            "57014" => RestError::StatementTimeout {
+            "57014" => StoreError::StatementTimeout {
                 function: function.to_string(),
                 attempts: 1,
                 message,
             },
             // Function missing from the schema cache: the RPC migration is not applied.
-            "PGRST202" | "42883" if message.contains(function) => RestError::MissingMigration {
+            "PGRST202" | "42883" if message.contains(function) => StoreError::MissingMigration {
                 what: format!("the function {function}"),
                 migration: migration_for_function(),
                 message,
             },
-            "42704" if message.contains("vector") => RestError::MissingMigration {
+            "42704" if message.contains("vector") => StoreError::MissingMigration {
                 what: "the pgvector extension".into(),
                 migration: "incremental/0002_add_vector_search.sql",
                 message,
             },
-            "42703" => RestError::MissingMigration {
+            "42703" => StoreError::MissingMigration {
                 what: "a column the backfill needs (set BACKFILL_*_COLUMN if yours is named differently)".into(),
                 migration: "incremental/0002_add_vector_search.sql",
                 message,
             },
-            "42P01" | "PGRST205" => RestError::MissingMigration {
+            "42P01" | "PGRST205" => StoreError::MissingMigration {
                 what: "a table the backfill needs (set BACKFILL_TABLE if yours is named differently)".into(),
                 migration: if message.contains("backfill_") {
                     "incremental/0003_backfill_status.sql"
@@ -318,13 +236,13 @@ impl Rest {
                 message,
             },
             _ if status == 401 || status == 403 || code == "42501" || code.starts_with("PGRST30") => {
-                RestError::Unauthorized {
+                StoreError::Unauthorized {
                     key_var: self.key_source.var_name(),
                     status,
                     message: if code.is_empty() { message } else { format!("{code} {message}") },
                 }
             }
-            _ => RestError::Server {
+            _ => StoreError::Server {
                 function: function.to_string(),
                 status,
                 code,
@@ -344,3 +262,6 @@ fn describe_transport_error(e: &dyn std::error::Error) -> String {
     }
     parts.join(": ")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! [`Store`] in memory, for unit tests of the worker and the dispatcher: the
+//! rules of the SQL functions of `infra/migrations/idempotent/`, each call
+//! under one lock as each function is one transaction, so a test meets the
+//! same guards (leases, counted-once completion, conflicting runs) and the
+//! same errors as against the database, without one.
+//!
+//! What no function reads back (a batch's timestamps and tokens, its
+//! estimate) is not kept, and the vector column's dimension is not checked:
+//! tests use short vectors.
+
+#[cfg(test)]
+mod tests;
+
+mod batches;
+mod documents;
+mod runs;
+mod state;
+
+use super::model::*;
+use super::postgrest::FETCH_MAX_BYTES;
+use super::{Store, StoreError};
+use crate::ids::{BatchSeq, DocumentId, RunId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use state::{Row, State};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The store of unit tests: documents, runs and batches behind one lock, and
+/// helpers to set up and read back what the SQL would hold.
+#[derive(Debug)]
+pub struct MemoryStore {
+    target: Target,
+    /// Text one fetch returns at most, as `p_max_bytes`: small in a test, so
+    /// a batch comes in several answers.
+    fetch_budget: u64,
+    state: Mutex<State>,
+}
+
+/// A batch as a test sees it, to check what a worker or dispatcher did to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchInfo {
+    pub state: BatchState,
+    pub attempts: u32,
+    pub leased_until: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            target: Target::default(),
+            fetch_budget: FETCH_MAX_BYTES,
+            state: Mutex::default(),
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets a test force a batch's texts into several fetches.
+    pub fn with_fetch_budget(mut self, bytes: u64) -> Self {
+        self.fetch_budget = bytes;
+        self
+    }
+
+    /// Adds a document without a vector, or replaces the row of that id.
+    pub fn insert_document(&self, id: DocumentId, archive: Option<&str>, content: Option<&str>) {
+        self.state().documents.insert(
+            id,
+            Row {
+                archive: archive.map(str::to_owned),
+                content: content.map(str::to_owned),
+                embedding: None,
+            },
+        );
+    }
+
+    /// Sets or clears a vector behind the run's back, as another writer
+    /// would: the race that "only rows still lacking a vector" guards.
+    pub fn set_embedding(&self, id: DocumentId, embedding: Option<Vec<f32>>) {
+        if let Some(row) = self.state().documents.get_mut(&id) {
+            row.embedding = embedding;
+        }
+    }
+
+    /// The vector stored for the document, to check what was written.
+    pub fn embedding_of(&self, id: DocumentId) -> Option<Vec<f32>> {
+        self.state()
+            .documents
+            .get(&id)
+            .and_then(|row| row.embedding.clone())
+    }
+
+    /// The batch's row, which no [`Store`] call returns whole.
+    pub fn batch(&self, run: RunId, seq: BatchSeq) -> Option<BatchInfo> {
+        let state = self.state();
+        let b = state.run(run)?.batches.get(&seq)?;
+        Some(BatchInfo {
+            state: b.state,
+            attempts: b.attempts,
+            leased_until: b.leased_until,
+            error: b.error.clone(),
+        })
+    }
+
+    /// Ends a batch's lease now, as if its holder's invocation had died and
+    /// the time had passed, so a test need not wait out a real lease.
+    pub fn expire_lease(&self, run: RunId, seq: BatchSeq) {
+        let mut state = self.state();
+        if let Some(b) = state.run_mut(run).and_then(|r| r.batches.get_mut(&seq)) {
+            b.leased_until = b.leased_until.map(|_| Utc::now());
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every call checks its arguments before it changes anything, so a
+        // panic under the lock cannot have left a change half made.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn target(&self) -> &Target {
+        &self.target
+    }
+
+    async fn page(
+        &self,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<Page, StoreError> {
+        self.state().page(archive, after, max_rows)
+    }
+
+    async fn fetch_missing(
+        &self,
+        ids: &[DocumentId],
+        after: Option<DocumentId>,
+        max_chars: usize,
+    ) -> Result<Fetched, StoreError> {
+        Ok(self
+            .state()
+            .fetch_missing(ids, after, max_chars, self.fetch_budget))
+    }
+
+    async fn coverage_step(
+        &self,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<CoverageStep, StoreError> {
+        self.state().coverage_step(archive, after, max_rows)
+    }
+
+    async fn create_run(
+        &self,
+        run: RunId,
+        params: &Value,
+        archive: Option<&str>,
+        price_per_million_tokens: f64,
+        force: bool,
+    ) -> Result<CreatedRun, StoreError> {
+        Ok(self
+            .state()
+            .create_run(run, params, archive, price_per_million_tokens, force))
+    }
+
+    async fn add_batches(
+        &self,
+        run: RunId,
+        batches: &[NewBatch],
+        cursor: DocumentId,
+    ) -> Result<RunStatus, StoreError> {
+        self.state().add_batches(run, batches, cursor)
+    }
+
+    async fn mark_queued(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, StoreError> {
+        Ok(self.state().mark_queued(run, seqs))
+    }
+
+    async fn finish_dispatch(&self, run: RunId) -> Result<RunStatus, StoreError> {
+        self.state().finish_dispatch(run)
+    }
+
+    async fn note_run_error(&self, run: RunId, error: &str) -> Result<RunStatus, StoreError> {
+        self.state().note_run_error(run, error)
+    }
+
+    async fn resume_dispatch(&self, run: RunId) -> Result<RunStatus, StoreError> {
+        self.state().resume_dispatch(run)
+    }
+
+    async fn run_status(&self, run: Option<RunId>) -> Result<Option<RunStatus>, StoreError> {
+        Ok(self.state().run_status(run))
+    }
+
+    async fn batch_refs(
+        &self,
+        run: RunId,
+        states: &[BatchState],
+        after: Option<BatchSeq>,
+        max_rows: u32,
+    ) -> Result<Vec<BatchRef>, StoreError> {
+        Ok(self.state().batch_refs(run, states, after, max_rows))
+    }
+
+    async fn reopen_batches(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, StoreError> {
+        Ok(self.state().reopen_batches(run, seqs))
+    }
+
+    async fn begin_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        receive_count: u32,
+        lease: Duration,
+    ) -> Result<BatchStart, StoreError> {
+        Ok(self.state().begin_batch(run, seq, receive_count, lease))
+    }
+
+    async fn write_vectors(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        vectors: &[VectorRow<'_>],
+    ) -> Result<u64, StoreError> {
+        self.state().write_vectors(run, seq, vectors)
+    }
+
+    async fn complete_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        vectors: &[VectorRow<'_>],
+        tokens: u64,
+        failures: &[FailedDocument],
+    ) -> Result<Completion, StoreError> {
+        self.state()
+            .complete_batch(run, seq, vectors, tokens, failures)
+    }
+
+    async fn fail_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        error: &str,
+        permanent: bool,
+        tokens_billed: u64,
+    ) -> Result<FailureRecord, StoreError> {
+        Ok(self
+            .state()
+            .fail_batch(run, seq, error, permanent, tokens_billed))
+    }
+}

@@ -1,0 +1,247 @@
+//! What the SQL tables hold, and the helpers the functions share: the
+//! rows, a run's counters and its batches, and the bookkeeping
+//! (`backfill_settle_run`, `backfill_reopen_run`, `backfill_uncount_batch`)
+//! more than one function calls.
+
+use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::store::model::*;
+use crate::store::StoreError;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) documents: BTreeMap<DocumentId, Row>,
+    /// In creation order, which breaks ties of `created_at`.
+    pub(super) runs: Vec<Run>,
+}
+
+#[derive(Debug)]
+pub(super) struct Row {
+    pub(super) archive: Option<String>,
+    pub(super) content: Option<String>,
+    pub(super) embedding: Option<Vec<f32>>,
+}
+
+impl Row {
+    pub(super) fn in_archive(&self, archive: Option<&str>) -> bool {
+        archive.is_none_or(|a| self.archive.as_deref() == Some(a))
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Run {
+    pub(super) id: RunId,
+    pub(super) params: Value,
+    pub(super) archive: Option<String>,
+    pub(super) state: RunState,
+    pub(super) cursor_id: Option<DocumentId>,
+    pub(super) next_seq: u32,
+    pub(super) total_documents: u64,
+    pub(super) total_batches: u64,
+    pub(super) batches_done: u64,
+    pub(super) batches_failed: u64,
+    pub(super) documents_embedded: u64,
+    pub(super) documents_skipped: u64,
+    pub(super) documents_failed: u64,
+    pub(super) tokens_used: u64,
+    pub(super) tokens_billed: u64,
+    pub(super) estimated_tokens: u64,
+    pub(super) price_per_million_tokens: f64,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) updated_at: DateTime<Utc>,
+    pub(super) dispatched_at: Option<DateTime<Utc>>,
+    pub(super) finished_at: Option<DateTime<Utc>>,
+    pub(super) last_error: Option<String>,
+    pub(super) batches: BTreeMap<BatchSeq, Batch>,
+}
+
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub(super) ids: Vec<DocumentId>,
+    pub(super) first_id: DocumentId,
+    pub(super) last_id: DocumentId,
+    pub(super) state: BatchState,
+    pub(super) attempts: u32,
+    pub(super) documents_embedded: u64,
+    /// Rows chunks wrote, not yet in the run's counters.
+    pub(super) documents_written: u64,
+    pub(super) documents_skipped: u64,
+    pub(super) documents_failed: u64,
+    pub(super) failed_documents: Vec<FailedDocument>,
+    pub(super) error: Option<String>,
+    pub(super) leased_until: Option<DateTime<Utc>>,
+}
+
+/// The error PostgREST surfaces for a function's `RAISE ... USING ERRCODE`.
+pub(super) fn raise(function: &str, code: &str, message: String) -> StoreError {
+    StoreError::Server {
+        function: function.into(),
+        status: 500,
+        code: code.into(),
+        message,
+        hint: None,
+    }
+}
+
+/// What the REST client makes of a function's SQL NULL answer (the status
+/// of a run that does not exist) where it expects a value.
+pub(super) fn null_answer<T: DeserializeOwned>(function: &str) -> Result<T, StoreError> {
+    serde_json::from_str("null").map_err(|e| StoreError::Decode {
+        function: function.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The keyset range after `after`.
+pub(super) fn after<K: Copy>(after: Option<K>) -> (Bound<K>, Bound<K>) {
+    (
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    )
+}
+
+/// pgvector's checks on reading a vector, which fail the whole call.
+pub(super) fn check_vectors(function: &str, vectors: &[VectorRow<'_>]) -> Result<(), StoreError> {
+    for v in vectors {
+        let problem = if v.embedding.is_empty() {
+            "vector must have at least 1 dimension"
+        } else if v.embedding.iter().any(|x| x.is_nan()) {
+            "NaN not allowed in vector"
+        } else if v.embedding.iter().any(|x| x.is_infinite()) {
+            "infinite value not allowed in vector"
+        } else {
+            continue;
+        };
+        return Err(raise(function, "22000", problem.into()));
+    }
+    Ok(())
+}
+
+/// `backfill_set_vectors`: writes to those of `ids` that still lack a vector.
+pub(super) fn set_vectors(
+    documents: &mut BTreeMap<DocumentId, Row>,
+    vectors: &[VectorRow<'_>],
+    ids: &[DocumentId],
+) -> u64 {
+    let ids: HashSet<DocumentId> = ids.iter().copied().collect();
+    let mut written = 0;
+    for v in vectors.iter().filter(|v| ids.contains(&v.id)) {
+        if let Some(row) = documents.get_mut(&v.id) {
+            if row.embedding.is_none() {
+                row.embedding = Some(v.embedding.to_vec());
+                written += 1;
+            }
+        }
+    }
+    written
+}
+
+pub(super) fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    let secs = (lease.as_secs_f64().ceil() as i64).max(1);
+    TimeDelta::try_seconds(secs)
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl Run {
+    /// `backfill_run_json`: the row, without the failure lists.
+    pub(super) fn json(&self, now: DateTime<Utc>) -> RunStatus {
+        let per_token = self.price_per_million_tokens / 1_000_000.0;
+        RunStatus {
+            id: self.id,
+            params: self.params.clone(),
+            archive: self.archive.clone(),
+            state: self.state,
+            cursor_id: self.cursor_id,
+            next_seq: self.next_seq,
+            total_documents: self.total_documents,
+            total_batches: self.total_batches,
+            batches_done: self.batches_done,
+            batches_failed: self.batches_failed,
+            documents_embedded: self.documents_embedded,
+            documents_skipped: self.documents_skipped,
+            documents_failed: self.documents_failed,
+            tokens_used: self.tokens_used,
+            tokens_billed: self.tokens_billed,
+            estimated_tokens: self.estimated_tokens,
+            estimated_cost_usd: self.estimated_tokens as f64 * per_token,
+            actual_cost_usd: self.tokens_billed as f64 * per_token,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            dispatched_at: self.dispatched_at,
+            finished_at: self.finished_at,
+            last_error: self.last_error.clone(),
+            now,
+            failed_batches: Vec::new(),
+            failed_documents: Vec::new(),
+        }
+    }
+
+    /// `backfill_settle_run`.
+    pub(super) fn settle(&mut self, now: DateTime<Utc>) {
+        let settles = matches!(
+            self.state,
+            RunState::Running | RunState::Completed | RunState::CompletedWithErrors
+        ) && self.batches_done + self.batches_failed >= self.total_batches;
+        if settles {
+            self.state = if self.batches_failed > 0 || self.documents_failed > 0 {
+                RunState::CompletedWithErrors
+            } else {
+                RunState::Completed
+            };
+            self.finished_at.get_or_insert(now);
+            self.updated_at = now;
+        }
+    }
+
+    /// `backfill_reopen_run`.
+    pub(super) fn reopen(&mut self, now: DateTime<Utc>) {
+        if matches!(
+            self.state,
+            RunState::Completed | RunState::CompletedWithErrors
+        ) {
+            self.state = RunState::Running;
+            self.finished_at = None;
+            self.updated_at = now;
+        }
+    }
+
+    /// `backfill_uncount_batch`.
+    pub(super) fn uncount(&mut self, seq: BatchSeq, now: DateTime<Utc>) {
+        let Some(b) = self.batches.get_mut(&seq) else {
+            return;
+        };
+        match b.state {
+            BatchState::Failed => {
+                self.batches_failed = self.batches_failed.saturating_sub(1);
+                self.documents_failed = self.documents_failed.saturating_sub(b.documents_failed);
+            }
+            BatchState::DoneWithFailures => {
+                self.batches_done = self.batches_done.saturating_sub(1);
+                self.documents_failed = self.documents_failed.saturating_sub(b.documents_failed);
+                self.documents_skipped = self.documents_skipped.saturating_sub(b.documents_skipped);
+            }
+            _ => return,
+        }
+        self.updated_at = now;
+        b.documents_failed = 0;
+        b.documents_skipped = 0;
+        b.failed_documents.clear();
+        self.reopen(now);
+    }
+}
+
+impl State {
+    pub(super) fn run(&self, id: RunId) -> Option<&Run> {
+        self.runs.iter().find(|r| r.id == id)
+    }
+
+    pub(super) fn run_mut(&mut self, id: RunId) -> Option<&mut Run> {
+        self.runs.iter_mut().find(|r| r.id == id)
+    }
+}

@@ -1,0 +1,220 @@
+//! The store: the documents, a run's status row and its batches. The
+//! dispatcher, the worker and `backfill status` reach them only through
+//! [`Store`]; [`PostgrestStore`] is Supabase's REST API, [`MemoryStore`] the
+//! same rules in memory, for unit tests of the logic above it.
+//!
+//! Every call is bounded (a page, a fetch of at most a few MiB, a chunk of
+//! vectors) and safe to repeat: each state change is guarded, so a batch
+//! delivered twice is counted once. The loops over bounded answers are
+//! written once, on `dyn Store`.
+
+mod error;
+mod memory;
+mod model;
+mod postgrest;
+
+pub use error::StoreError;
+pub use memory::{BatchInfo, MemoryStore};
+pub use model::*;
+pub use postgrest::PostgrestStore;
+
+use crate::ids::{BatchSeq, DocumentId, RunId};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Rows one coverage step reads: a bounded scan, whatever the table's size.
+pub const COVERAGE_STEP_ROWS: u32 = 100_000;
+/// Batch references one call returns at most.
+const BATCH_REFS_PAGE: u32 = 1000;
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where the documents live, recorded with each run.
+    fn target(&self) -> &Target;
+
+    /// Up to `max_rows` ids after `after` (keyset order) that lack a vector
+    /// and, when `archive` is given, are in exactly that archive.
+    async fn page(
+        &self,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<Page, StoreError>;
+
+    /// Those of `ids` after `after` that still lack a vector, with their
+    /// texts cut to `max_chars` characters, as much as one answer holds.
+    async fn fetch_missing(
+        &self,
+        ids: &[DocumentId],
+        after: Option<DocumentId>,
+        max_chars: usize,
+    ) -> Result<Fetched, StoreError>;
+
+    /// The coverage of up to `max_rows` rows after `after`.
+    async fn coverage_step(
+        &self,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<CoverageStep, StoreError>;
+
+    /// Creates the run, or finds it when it exists; unless `force`, refuses
+    /// while another run over an overlapping archive filter is active.
+    async fn create_run(
+        &self,
+        run: RunId,
+        params: &Value,
+        archive: Option<&str>,
+        price_per_million_tokens: f64,
+        force: bool,
+    ) -> Result<CreatedRun, StoreError>;
+
+    /// Records a page of batches and the cursor after them, atomically.
+    async fn add_batches(
+        &self,
+        run: RunId,
+        batches: &[NewBatch],
+        cursor: DocumentId,
+    ) -> Result<RunStatus, StoreError>;
+
+    /// Confirms batches queued; how many changed.
+    async fn mark_queued(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, StoreError>;
+
+    /// Ends the run's dispatch: `running`, or finished if every batch has.
+    async fn finish_dispatch(&self, run: RunId) -> Result<RunStatus, StoreError>;
+
+    /// Records why a dispatch stopped, leaving the run continuable.
+    async fn note_run_error(&self, run: RunId, error: &str) -> Result<RunStatus, StoreError>;
+
+    /// Puts a run whose dispatch an older version ended `failed` back to
+    /// `dispatching`, so it can be continued.
+    async fn resume_dispatch(&self, run: RunId) -> Result<RunStatus, StoreError>;
+
+    /// The run, or the latest run when `run` is `None`; `None` when there is none.
+    async fn run_status(&self, run: Option<RunId>) -> Result<Option<RunStatus>, StoreError>;
+
+    /// Up to `max_rows` batches of the run in one of `states`, after `after`.
+    async fn batch_refs(
+        &self,
+        run: RunId,
+        states: &[BatchState],
+        after: Option<BatchSeq>,
+        max_rows: u32,
+    ) -> Result<Vec<BatchRef>, StoreError>;
+
+    /// Takes the batches that ended badly out of the counters, back to
+    /// `queued`, before their messages are sent again; how many it reopened.
+    async fn reopen_batches(&self, run: RunId, seqs: &[BatchSeq]) -> Result<u64, StoreError>;
+
+    /// Starts a delivery of the batch: takes its lease for `lease` unless
+    /// another delivery holds it, and reopens a failed batch on a fresh message.
+    async fn begin_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        receive_count: u32,
+        lease: Duration,
+    ) -> Result<BatchStart, StoreError>;
+
+    /// Writes vectors to the batch's rows that still lack one, ahead of its
+    /// completion; how many it wrote.
+    async fn write_vectors(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        vectors: &[VectorRow<'_>],
+    ) -> Result<u64, StoreError>;
+
+    /// Writes the last vectors, ends the batch and advances the run, at once.
+    async fn complete_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        vectors: &[VectorRow<'_>],
+        tokens: u64,
+        failures: &[FailedDocument],
+    ) -> Result<Completion, StoreError>;
+
+    /// Records a failed delivery: `retrying`, or `failed` when `permanent`.
+    async fn fail_batch(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        error: &str,
+        permanent: bool,
+        tokens_billed: u64,
+    ) -> Result<FailureRecord, StoreError>;
+}
+
+impl dyn Store + '_ {
+    /// Hands `each` those of `ids` that still lack a vector, with their texts,
+    /// in id order, one bounded answer at a time, so a batch of large texts
+    /// never sits whole in memory.
+    pub async fn for_each_missing(
+        &self,
+        ids: &[DocumentId],
+        max_chars: usize,
+        mut each: impl FnMut(Document),
+    ) -> Result<(), StoreError> {
+        let mut after: Option<DocumentId> = None;
+        loop {
+            let page = self.fetch_missing(ids, after, max_chars).await?;
+            after = page.documents.last().map(|d| d.id);
+            page.documents.into_iter().for_each(&mut each);
+            if !page.more || after.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The guide's coverage check, in steps of [`COVERAGE_STEP_ROWS`] rows.
+    pub async fn coverage(&self, archive: Option<&str>) -> Result<Coverage, StoreError> {
+        let mut c = Coverage {
+            total: 0,
+            with_embeddings: 0,
+            without_embeddings: 0,
+            empty_content: 0,
+            coverage_percent: 100.0,
+        };
+        let mut after: Option<DocumentId> = None;
+        loop {
+            let step = self
+                .coverage_step(archive, after, COVERAGE_STEP_ROWS)
+                .await?;
+            c.total += step.total;
+            c.with_embeddings += step.with_embeddings;
+            c.without_embeddings += step.without_embeddings;
+            c.empty_content += step.empty_content;
+            if !step.more || step.last_id.is_none() {
+                break;
+            }
+            after = step.last_id;
+        }
+        if c.total > 0 {
+            c.coverage_percent =
+                (c.with_embeddings as f64 * 10_000.0 / c.total as f64).round() / 100.0;
+        }
+        Ok(c)
+    }
+
+    /// Every batch of the run in one of `states`, in order, paged so that no
+    /// answer is longer than the API's row cap could allow.
+    pub async fn batches_in(
+        &self,
+        run: RunId,
+        states: &[BatchState],
+    ) -> Result<Vec<BatchRef>, StoreError> {
+        let mut all: Vec<BatchRef> = Vec::new();
+        loop {
+            let page = self
+                .batch_refs(run, states, all.last().map(|b| b.seq), BATCH_REFS_PAGE)
+                .await?;
+            let full = page.len() as u32 == BATCH_REFS_PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! What the store holds and answers: documents and their pages, a run's
+//! status row and its batches. Every implementation of [`super::Store`]
+//! speaks these types.
+
+use crate::ids::{BatchSeq, DocumentId, RunId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where the documents live; names are configuration and travel to the SQL
+/// functions, which quote them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub schema: String,
+    pub table: String,
+    pub id: String,
+    pub content: String,
+    pub archive: String,
+    pub embedding: String,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self {
+            schema: "public".into(),
+            table: "lovdata_documents".into(),
+            id: "id".into(),
+            content: "content".into(),
+            archive: "archive".into(),
+            embedding: "embedding".into(),
+        }
+    }
+}
+
+/// One row of a keyset page: the id and the stored size of its text.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct PagedDocument {
+    pub id: DocumentId,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Page {
+    pub rows: Vec<PagedDocument>,
+    /// Rows lie beyond this page.
+    pub more: bool,
+}
+
+/// A document still missing a vector, its text cut to the prefix that holds
+/// the provider's input limit.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Document {
+    pub id: DocumentId,
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+/// One bounded answer of texts; `more` when ids lie beyond it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Fetched {
+    pub documents: Vec<Document>,
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub total: u64,
+    pub with_embeddings: u64,
+    pub without_embeddings: u64,
+    /// Rows without a vector whose text is empty: they cannot get one.
+    pub empty_content: u64,
+    pub coverage_percent: f64,
+}
+
+/// The coverage of one bounded range of rows, and where the next begins.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CoverageStep {
+    pub total: u64,
+    pub with_embeddings: u64,
+    pub without_embeddings: u64,
+    pub empty_content: u64,
+    pub last_id: Option<DocumentId>,
+    pub more: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Dispatching,
+    Running,
+    Completed,
+    CompletedWithErrors,
+    Failed,
+}
+
+impl RunState {
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunState::Completed | RunState::CompletedWithErrors | RunState::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Dispatching => "dispatching",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::CompletedWithErrors => "completed_with_errors",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Pending,
+    Queued,
+    Running,
+    Retrying,
+    Done,
+    DoneWithFailures,
+    Failed,
+}
+
+impl BatchState {
+    /// The states of a batch that has not ended well: `failed` too, since a
+    /// failed batch can still be retried.
+    pub const UNFINISHED: [BatchState; 5] = [
+        BatchState::Pending,
+        BatchState::Queued,
+        BatchState::Running,
+        BatchState::Retrying,
+        BatchState::Failed,
+    ];
+
+    pub fn is_done(self) -> bool {
+        matches!(self, BatchState::Done | BatchState::DoneWithFailures)
+    }
+}
+
+/// A run's status row as stored, plus the failures `backfill status` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub id: RunId,
+    pub params: Value,
+    pub archive: Option<String>,
+    pub state: RunState,
+    pub cursor_id: Option<DocumentId>,
+    pub next_seq: u32,
+    pub total_documents: u64,
+    pub total_batches: u64,
+    pub batches_done: u64,
+    pub batches_failed: u64,
+    pub documents_embedded: u64,
+    pub documents_skipped: u64,
+    pub documents_failed: u64,
+    pub tokens_used: u64,
+    /// Every token the API charged, failed and duplicated attempts too;
+    /// `actual_cost_usd` is its price.
+    #[serde(default)]
+    pub tokens_billed: u64,
+    pub estimated_tokens: u64,
+    pub estimated_cost_usd: f64,
+    pub actual_cost_usd: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// The database's clock when this was read, for rates and ETAs.
+    pub now: DateTime<Utc>,
+    #[serde(default)]
+    pub failed_batches: Vec<FailedBatch>,
+    #[serde(default)]
+    pub failed_documents: Vec<FailedDocument>,
+}
+
+impl RunStatus {
+    pub fn documents_processed(&self) -> u64 {
+        self.documents_embedded + self.documents_skipped + self.documents_failed
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedBatch {
+    pub seq: BatchSeq,
+    pub first_id: DocumentId,
+    pub last_id: DocumentId,
+    pub state: BatchState,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FailedDocument {
+    pub id: DocumentId,
+    pub reason: String,
+}
+
+/// What `create_run` found: the run, or the active run that blocks it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CreatedRun {
+    Conflict { conflict: Box<RunStatus> },
+    Run(Box<RunStatus>),
+}
+
+/// Enough of a batch to queue its message again.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct BatchRef {
+    pub seq: BatchSeq,
+    pub first_id: DocumentId,
+    pub last_id: DocumentId,
+}
+
+/// A batch about to be recorded by the dispatcher.
+#[derive(Clone, Debug, Serialize)]
+pub struct NewBatch {
+    pub seq: BatchSeq,
+    pub ids: Vec<DocumentId>,
+    pub estimated_tokens: u64,
+}
+
+/// What a worker learns when it starts on a message.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BatchStart {
+    pub run_found: bool,
+    #[serde(default)]
+    pub batch_found: bool,
+    #[serde(default)]
+    pub params: Option<Value>,
+    #[serde(default)]
+    pub state: Option<BatchState>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub ids: Vec<DocumentId>,
+    /// Another delivery holds the batch until `leased_until`.
+    #[serde(default)]
+    pub leased: bool,
+    #[serde(default)]
+    pub leased_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Completion {
+    /// False when the batch had already ended: nothing was counted again.
+    pub counted: bool,
+    pub written: u64,
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FailureRecord {
+    pub counted: bool,
+}
+
+/// A vector to write. The embedding travels as pgvector's text form inside a
+/// JSON string, so the REST server and Postgres read one string instead of
+/// 1,536 JSON numbers (which jsonb holds as `numeric`): the bench measured
+/// parsing those numbers as most of their CPU. Each float is written in its
+/// shortest form that reads back as the same `f32`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VectorRow<'a> {
+    pub id: DocumentId,
+    #[serde(serialize_with = "vector_text")]
+    pub embedding: &'a [f32],
+}
+
+fn vector_text<S: serde::Serializer>(v: &&[f32], s: S) -> Result<S::Ok, S::Error> {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(v.len() * 12 + 2);
+    text.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{x}");
+    }
+    text.push(']');
+    s.serialize_str(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_travel_as_text_that_reads_back_exactly() {
+        let v = [0.1f32, -1.0, 3.0e-8, 0.33333334, f32::MIN_POSITIVE];
+        let row = VectorRow {
+            id: DocumentId(7),
+            embedding: &v,
+        };
+        let json = serde_json::to_value(&row).unwrap();
+        let text = json["embedding"].as_str().unwrap();
+        let back: Vec<f32> = text
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(back, v);
+        assert_eq!(json["id"], 7);
+    }
+}
