@@ -5,7 +5,9 @@ the local stack, with the embeddings stand-in answering about 1 s per
 100-input request. Prints a table and writes bench/results.md. Ends with the
 scale section (bench/scale.py): every RPC on a table of 1,000,000 rows, and the
 worker's memory on huge texts. BENCH_ONLY=scale runs that section alone and
-replaces it in bench/results.md, keeping the rest."""
+replaces it in bench/results.md, keeping the rest; BENCH_ONLY=reembed does the
+same for the re-embedding section (`--select stale` after 1% of the texts
+changed, beside `--select all`)."""
 
 import json
 import os
@@ -102,6 +104,61 @@ class Standin:
 
 def reset_vectors():
     sql(f"UPDATE lovdata_documents SET embedding = NULL WHERE archive = '{ARCHIVE}' AND embedding IS NOT NULL")
+    sql("DELETE FROM backfill_provenance p USING lovdata_documents d "
+        f"WHERE p.doc_id = d.id AND d.archive = '{ARCHIVE}'")
+
+
+REEMBED_HEADING = "## Re-embedding after texts changed"
+
+
+def reembed():
+    """Every text embedded and current; then 1% of them amended, and the
+    archive re-embedded two ways on the same stand-in: only what changed
+    (`--select stale`), and everything (`--select all`, as a new model would
+    need). Tokens are what the stand-in was sent."""
+    standin = Standin(55492, LATENCY)
+    env = dict(ENV, OPENAI_BASE_URL=standin.url + "/v1", OPENAI_API_KEY=standin.key, RUST_LOG="error")
+    run = [str(REL / "backfill"), "run", "--archive", ARCHIVE, "--concurrency", "16", "--json", "--force"]
+    rows = []
+    try:
+        reset_vectors()
+        timed([run], env)
+        sql(f"UPDATE lovdata_documents SET content = content || ' (endret ved lov {os.getpid()})' "
+            f"WHERE archive = '{ARCHIVE}' AND id % 100 = 0 AND btrim(content) <> ''")
+        changed = int(sql(f"SELECT count(*) FROM lovdata_documents WHERE archive = '{ARCHIVE}' "
+                          "AND id % 100 = 0 AND btrim(content) <> ''"))
+        for select in ["stale", "all"]:
+            standin.reset()
+            wall, _, _, outs = timed([run + ["--select", select]], env)
+            status = json.loads(outs[0])
+            s = standin.stats()
+            rows.append((select, status["total_documents"], status["documents_embedded"],
+                         status["documents_copied"], s["tokens"], s["requests"], wall))
+    finally:
+        standin.stop()
+    full = rows[-1]
+    lines = [REEMBED_HEADING, "",
+             f"{N:,} documents of `{ARCHIVE}`, all embedded and current; then {changed} texts (1%) amended. "
+             "Same stand-in latency as above, `backfill run --concurrency 16`.", "",
+             "| selection | documents selected | embedded | of which copies | tokens sent | requests | wall s | tokens vs all | wall vs all |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for sel, selected, embedded, copied, tokens, requests, wall in rows:
+        lines.append(f"| `--select {sel}` | {selected:,} | {embedded:,} | {copied:,} | {tokens:,} | {requests:,} | "
+                     f"{wall:.1f} | {tokens / max(full[4], 1):.3f} | {wall / full[6]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reembed(text):
+    """Replaces the re-embedding section of bench/results.md, before the scale section."""
+    results = ROOT / "bench" / "results.md"
+    old = results.read_text() if results.exists() else "# Benchmark\n\n"
+    if REEMBED_HEADING in old:
+        start = old.index(REEMBED_HEADING)
+        end = old.find("\n## ", start + 1)
+        old = old[:start] + (old[end + 1:] if end >= 0 else "")
+    at = old.find(scale.HEADING)
+    at = at if at >= 0 else len(old)
+    results.write_text(old[:at].rstrip("\n") + "\n\n" + text + "\n" + old[at:])
 
 
 def measure(name, standin, cmds, env, docs_expected):
@@ -331,8 +388,13 @@ def main():
         scale.write_section(text)
         print(text)
         return
+    if only == "reembed":
+        text = reembed()
+        write_reembed(text)
+        print(text)
+        return
     if only:
-        sys.exit(f"bench: BENCH_ONLY={only}: the only section that runs alone is scale")
+        sys.exit(f"bench: BENCH_ONLY={only}: the sections that run alone are scale and reembed")
     for b in ["backfill", "worker", "openai-standin", "seed-docs", "baseline", "tokenizer-bench"]:
         if not (REL / b).exists():
             sys.exit(f"bench: build first: cargo build --release --bins ({b} missing)")
@@ -353,7 +415,7 @@ def main():
               f"only (all workers summed for CPU, the largest for RSS). TPM used is the rate sustained beyond the "
               f"limiter's initial burst of one minute of tokens: (tokens - limit) / minutes / limit.\n\n")
     text = (header + "\n".join(table(label, rows) for label, rows in results) + "\n" + ceiling() + "\n"
-            + tokenizers() + "\n" + lambda_worker() + "\n" + scale.section())
+            + tokenizers() + "\n" + lambda_worker() + "\n" + reembed() + "\n" + scale.section())
     (ROOT / "bench" / "results.md").write_text(text)
     print(text)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the local stack: seed two archives, dry-run,
 # dispatch one archive to SQS, drain the queue with `backfill work`, then show
-# the run's status and the coverage. `make demo` starts the stack first.
+# the run's status and the coverage, and run the archive again, which selects
+# nothing and calls nothing. `make demo` starts the stack first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,18 @@ echo
 echo "==> backfill verify --archive $FORSKRIFTER   (not dispatched: untouched)"
 "$BACKFILL" verify --archive "$FORSKRIFTER"
 
+# The same archive again: every vector is current (the provenance records the
+# text and model it was made from), so nothing is selected and no API call made.
+STATS_URL="${OPENAI_BASE_URL%/v1}/stats"
+requests() { curl -s "$STATS_URL" | sed -n 's/.*"requests": *\([0-9]*\).*/\1/p'; }
+BEFORE="$(requests)"
+echo
+echo "==> backfill run --archive $LOVER --select stale   (nothing changed since)"
+AGAIN="$("$BACKFILL" run --archive "$LOVER" --select stale --json)"
+AGAIN_DOCS="$(sed -n 's/^  "total_documents": *\([0-9]*\).*/\1/p' <<<"$AGAIN")"
+AFTER="$(requests)"
+echo "selected $AGAIN_DOCS documents; embeddings API requests: $BEFORE before, $AFTER after"
+
 STATE="$("$BACKFILL" status "$RUN_ID" --json | sed -n 's/^  "state": *"\([^"]*\)".*/\1/p')"
 echo
 awk -v s="$start" -v e="$end" -v n="$LOVER_COUNT" 'BEGIN { printf "Drained %d documents in %.1f s: %.1f docs/s on this machine.\n", n, e - s, n / (e - s) }'
@@ -68,3 +81,4 @@ echo "The vectors came from the local stand-in embeddings server (openai-standin
 echo "they are deterministic hashes of the text, good for testing, not for search quality."
 echo "To run the same commands against OpenAI and Supabase, see 'Configuration' in the README."
 [[ "$STATE" == "completed" ]] || { echo "run ended $STATE, expected completed" >&2; exit 1; }
+[[ "$AGAIN_DOCS" == "0" && "$BEFORE" == "$AFTER" ]] || { echo "the second run selected $AGAIN_DOCS documents and made $((AFTER - BEFORE)) API requests; expected none" >&2; exit 1; }

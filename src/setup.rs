@@ -5,7 +5,7 @@ use crate::config::{ConfigError, EmbeddingConfig, Env};
 use crate::dispatch::Dispatcher;
 use crate::embedder::{self, EmbedError, Embedder};
 use crate::queue::{Queue, SqsQueue};
-use crate::store::{PostgrestStore, Store, StoreError};
+use crate::store::{LongText, PostgrestStore, Store, StoreError, VectorSpec};
 use crate::worker::Worker;
 use std::sync::Arc;
 use thiserror::Error;
@@ -65,6 +65,16 @@ pub fn dispatcher_from<Q: Queue>(
     queue: Q,
 ) -> Dispatcher<Q> {
     Dispatcher::new(store.clone(), queue, embedder::provider(embedding))
+}
+
+/// The vectors this configuration makes, as `verify` checks them.
+pub fn spec<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<VectorSpec, SetupError> {
+    let provider = embedder::provider(&env.embedding()?);
+    Ok(VectorSpec {
+        model: provider.model().into(),
+        dimensions: provider.dimensions(),
+        long_text: LongText::Truncate,
+    })
 }
 
 pub async fn sqs_queue<F: Fn(&str) -> Option<String>>(

@@ -7,7 +7,7 @@ use crate::dispatch::{DispatchOptions, Dispatcher, DEFAULT_EMBEDDING_BATCH_SIZE}
 use crate::embedder::{self, Embedder};
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MemoryQueue, Queue, Settle, MESSAGE_VERSION};
-use crate::store::{MemoryStore, Store};
+use crate::store::{LongText, MemoryStore, Select, Store};
 use crate::worker::Worker;
 use devstack::standin;
 use std::collections::HashMap;
@@ -89,6 +89,8 @@ pub fn options(archive: &str, batch_size: u32) -> DispatchOptions {
         resume_from_id: None,
         batch_size,
         embedding_batch_size: DEFAULT_EMBEDDING_BATCH_SIZE,
+        select: Select::Missing,
+        long_text: LongText::Truncate,
         dry_run: false,
         force: false,
     }

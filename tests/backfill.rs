@@ -98,7 +98,7 @@ async fn archive_backfill_end_to_end() {
     assert!(run.tokens_used > 0 && run.actual_cost_usd > 0.0);
     assert!(run.finished_at.is_some());
 
-    let coverage = store.coverage(Some(&archive)).await.unwrap();
+    let coverage = store.coverage(&stack.spec(), Some(&archive)).await.unwrap();
     assert_eq!(coverage.total, 45);
     assert_eq!(coverage.with_embeddings, 45 - blank);
     assert_eq!(coverage.empty_content, blank);
@@ -110,7 +110,7 @@ async fn limit_and_resume_from_id_select_the_right_documents() {
     let pg = stack.pg().await;
     let archive = unique("limit");
     let texts: Vec<String> = (0..30)
-        .map(|i| format!("§ {i} Kommunen skal behandle søknaden innen fire uker."))
+        .map(|i| format!("§ {i} {archive} Kommunen skal behandle søknaden innen fire uker."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
@@ -206,22 +206,25 @@ async fn archive_names_with_reserved_characters_match_exactly() {
         format!("kolon:semikolon;og*stjerne%prosent{tag}"),
     ];
     let mut all = Vec::new();
-    for name in &names {
+    for (n, name) in names.iter().enumerate() {
+        let law = format!("Lov om arkiv {n}{tag}");
+        let regulation = format!("Forskrift om arkiv {n}{tag}");
         let ids = insert_docs(
             &pg,
             TABLE,
             name,
-            &[Some("Lov om arkiv"), Some("Forskrift om arkiv")],
+            &[Some(law.as_str()), Some(regulation.as_str())],
         )
         .await;
         all.push(ids);
     }
     // A near-miss that a sloppy filter (LIKE, trimmed, form-encoded) would match.
+    let not_me = format!("Ikke meg{tag}");
     let decoy = insert_docs(
         &pg,
         TABLE,
         &format!("med mellomrom og pluss{tag}"),
-        &[Some("Ikke meg")],
+        &[Some(not_me.as_str())],
     )
     .await;
     for (name, ids) in names.iter().zip(&all) {
@@ -244,11 +247,13 @@ async fn a_message_delivered_twice_is_counted_once_and_paid_once() {
         .with("OPENAI_API_KEY", &standin.key);
     let pg = stack.pg().await;
     let archive = unique("twice");
+    let disputes = format!("Lov om tvister {archive}");
+    let fees = format!("Forskrift om gebyr {archive}");
     let ids = insert_docs(
         &pg,
         TABLE,
         &archive,
-        &[Some("Lov om tvister"), Some(""), Some("Forskrift om gebyr")],
+        &[Some(disputes.as_str()), Some(""), Some(fees.as_str())],
     )
     .await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
@@ -299,7 +304,8 @@ async fn bad_messages_fail_alone_in_an_sqs_event() {
     let stack = Stack::load();
     let pg = stack.pg().await;
     let archive = unique("event");
-    insert_docs(&pg, TABLE, &archive, &[Some("Lov om havner")]).await;
+    let harbours = format!("Lov om havner {archive}");
+    insert_docs(&pg, TABLE, &archive, &[Some(harbours.as_str())]).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
     dispatch(&stack, &queue, &format!(r#"{{"archive": "{archive}"}}"#)).await;
     let good = queue
@@ -331,6 +337,6 @@ async fn bad_messages_fail_alone_in_an_sqs_event() {
         .collect();
     failed.sort();
     assert_eq!(failed, vec!["bad-json", "unknown-field", "unknown-run"]);
-    let c = store.coverage(Some(&archive)).await.unwrap();
+    let c = store.coverage(&stack.spec(), Some(&archive)).await.unwrap();
     assert_eq!(c.with_embeddings, 1);
 }

@@ -56,10 +56,10 @@ async fn chaos() {
     let texts: Vec<String> = (0..DOCS)
         .map(|i| {
             if POISON.contains(&i) {
-                format!("§ {i} ødelagt [[fail:400]]")
+                format!("§ {i} {archive} ødelagt [[fail:400]]")
             } else {
                 format!(
-                    "§ {i} Lov om kommuner, kapittel {}, ledd {}.",
+                    "§ {i} {archive} Lov om kommuner, kapittel {}, ledd {}.",
                     i % 97,
                     i % 13
                 )

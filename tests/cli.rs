@@ -2,32 +2,9 @@
 
 mod common;
 
-use common::{insert_docs, sample_texts, unique, Stack};
+use common::{backfill, insert_docs, json_of as json, sample_texts, unique, Stack};
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::queue::BatchMessage;
-use std::process::{Command, Output};
-
-fn backfill(stack: &Stack, args: &[&str]) -> Output {
-    let dir = std::env::temp_dir();
-    Command::new(env!("CARGO_BIN_EXE_backfill"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(&stack.vars)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run backfill")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "backfill failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
 
 #[tokio::test]
 async fn run_embeds_an_archive_in_one_process() {
@@ -140,7 +117,7 @@ async fn bad_options_are_refused_by_name() {
         &["run", "--archive", "x"],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"));
-    for sub in ["run", "dispatch", "work", "status", "verify"] {
+    for sub in ["run", "dispatch", "work", "status", "verify", "adopt"] {
         let out = backfill(&stack, &[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
     }
@@ -180,7 +157,7 @@ async fn status_names_a_stalled_run_and_the_guard_says_how_to_finish_it() {
     let pg = stack.pg().await;
     let archive = unique("stalled");
     let texts: Vec<String> = (0..6)
-        .map(|i| format!("§ {i} Loven gjelder på Svalbard."))
+        .map(|i| format!("§ {i} {archive} Loven gjelder på Svalbard."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     insert_docs(&pg, "lovdata_documents", &archive, &refs).await;

@@ -50,7 +50,7 @@ async fn seed(stack: &Stack, prefix: &str, n: usize) -> (String, Vec<i64>, Vec<S
     let pg = stack.pg().await;
     let archive = unique(prefix);
     let texts: Vec<String> = (0..n)
-        .map(|i| format!("§ {i} {prefix}: Departementet kan gi forskrift om søknad og vedtak."))
+        .map(|i| format!("§ {i} {archive}: Departementet kan gi forskrift om søknad og vedtak."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;

@@ -18,7 +18,7 @@ async fn a_wrong_service_key_names_the_variable() {
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLWRvZXMtbm90LW1hdGNo",
     );
     let store = wrong.store();
-    let err = store.coverage(None).await.unwrap_err();
+    let err = store.coverage(&wrong.spec(), None).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::Unauthorized { .. }), "{text}");
     assert!(text.contains("SUPABASE_SERVICE_ROLE_KEY"), "{text}");
@@ -35,7 +35,11 @@ async fn a_wrong_secret_key_names_the_variable() {
         "SUPABASE_SECRET_KEY",
         "sb_secret_DoesNotMatchAnyKeyOfThisProject0",
     );
-    let err = wrong.store().coverage(None).await.unwrap_err();
+    let err = wrong
+        .store()
+        .coverage(&wrong.spec(), None)
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::Unauthorized { .. }), "{text}");
     assert!(text.contains("SUPABASE_SECRET_KEY"), "{text}");
@@ -50,11 +54,9 @@ async fn a_wrong_secret_key_names_the_variable() {
 #[tokio::test]
 async fn a_wrong_openai_key_fails_at_once_without_retries() {
     let wrong_key = "sk-wrong-key-0123456789abcdef";
-    let (err, requests, run) = one_failing_batch(
-        &[("OPENAI_API_KEY", wrong_key)],
-        &[Some("Lov om vern av nøkler")],
-    )
-    .await;
+    let text = format!("Lov om vern av nøkler {}", unique("keys"));
+    let (err, requests, run) =
+        one_failing_batch(&[("OPENAI_API_KEY", wrong_key)], &[Some(text.as_str())]).await;
     assert!(
         matches!(err, WorkerError::Embed(EmbedError::InvalidKey { .. })),
         "{err}"
@@ -110,7 +112,10 @@ async fn one_failing_batch(
 
 #[tokio::test]
 async fn a_wrong_model_fails_the_batch_not_its_documents() {
-    let texts: Vec<String> = (0..20).map(|i| format!("§ {i} Lov om modeller")).collect();
+    let salt = unique("models");
+    let texts: Vec<String> = (0..20)
+        .map(|i| format!("§ {i} {salt} Lov om modeller"))
+        .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let (err, requests, run) = one_failing_batch(
         &[("OPENAI_EMBEDDING_MODEL", "text-embedding-9-huge")],
@@ -136,11 +141,11 @@ async fn a_wrong_model_fails_the_batch_not_its_documents() {
 
 #[tokio::test]
 async fn an_exhausted_quota_fails_at_once_and_says_what_to_do() {
-    let (err, requests, run) = one_failing_batch(
-        &[],
-        &[Some("Lov om kvoter"), Some("Lov om kreditt [[fail:quota]]")],
-    )
-    .await;
+    let salt = unique("quota");
+    let quotas = format!("Lov om kvoter {salt}");
+    let credit = format!("Lov om kreditt {salt} [[fail:quota]]");
+    let (err, requests, run) =
+        one_failing_batch(&[], &[Some(quotas.as_str()), Some(credit.as_str())]).await;
     assert!(
         matches!(err, WorkerError::Embed(EmbedError::QuotaExhausted { .. })),
         "{err}"
@@ -167,7 +172,10 @@ async fn a_missing_column_names_the_migration() {
     .unwrap();
     let stack = stack.with("BACKFILL_TABLE", &table);
     let store = stack.store();
-    let err = store.page(None, None, 10).await.unwrap_err();
+    let err = store
+        .page(&stack.missing(), None, None, 10)
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, StoreError::MissingMigration { .. }), "{text}");
     assert!(
@@ -183,7 +191,7 @@ async fn a_missing_column_names_the_migration() {
 async fn an_unreachable_service_says_so() {
     let stack = Stack::load().with("SUPABASE_URL", "http://127.0.0.1:9");
     let store = stack.store();
-    let err = store.coverage(None).await.unwrap_err();
+    let err = store.coverage(&stack.spec(), None).await.unwrap_err();
     assert!(err.is_transient());
     assert!(err.to_string().contains("SUPABASE_URL"), "{err}");
 }

@@ -22,10 +22,10 @@ async fn poison_documents_fail_alone_and_the_rest_is_embedded() {
     let pg = stack.pg().await;
     let archive = unique("poison");
     let mut texts: Vec<String> = (0..23)
-        .map(|i| format!("§ {i} Forskrift om gebyr for behandling av søknader."))
+        .map(|i| format!("§ {i} {archive} Forskrift om gebyr for behandling av søknader."))
         .collect();
-    texts[4] = "Dette dokumentet er ødelagt [[fail:400]]".into();
-    texts[17] = "Også dette [[fail:400]] er ødelagt".into();
+    texts[4] = format!("Dette dokumentet {archive} er ødelagt [[fail:400]]");
+    texts[17] = format!("Også dette {archive} [[fail:400]] er ødelagt");
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
@@ -78,11 +78,13 @@ async fn overlapping_runs_are_refused_unless_forced() {
     let stack = Stack::load();
     let pg = stack.pg().await;
     let archive = unique("overlap");
+    let inheritance = format!("Lov om arv {archive}");
+    let probate = format!("Lov om skifte {archive}");
     insert_docs(
         &pg,
         TABLE,
         &archive,
-        &[Some("Lov om arv"), Some("Lov om skifte")],
+        &[Some(inheritance.as_str()), Some(probate.as_str())],
     )
     .await;
     let (queue, _) = stack.fresh_queue(30, 5).await;
@@ -123,7 +125,8 @@ async fn overlapping_runs_are_refused_unless_forced() {
     ))
     .await
     .unwrap();
-    insert_docs(&pg, &table, "a", &[Some("Lov om havner")]).await;
+    let harbours = format!("Lov om havner {table}");
+    insert_docs(&pg, &table, "a", &[Some(harbours.as_str())]).await;
     let other = stack.with("BACKFILL_TABLE", &table);
     let (other_queue, _) = other.fresh_queue(30, 5).await;
     let other_dispatcher = other.dispatcher(&other_queue);
@@ -134,7 +137,8 @@ async fn overlapping_runs_are_refused_unless_forced() {
         .unwrap_err();
     assert!(matches!(err, DispatchError::ActiveRun(_)), "{err}");
     let elsewhere = unique("elsewhere");
-    insert_docs(&pg, TABLE, &elsewhere, &[Some("Lov om jakt")]).await;
+    let hunting = format!("Lov om jakt {elsewhere}");
+    insert_docs(&pg, TABLE, &elsewhere, &[Some(hunting.as_str())]).await;
     dispatcher
         .dispatch(&options(&format!(r#"{{"archive": "{elsewhere}"}}"#)))
         .await
@@ -152,7 +156,7 @@ async fn a_run_stuck_without_messages_is_finished_by_retry_failed_unfinished() {
     let pg = stack.pg().await;
     let archive = unique("stuck");
     let texts: Vec<String> = (0..6)
-        .map(|i| format!("§ {i} Lov om arbeidsmiljø, annet ledd."))
+        .map(|i| format!("§ {i} {archive} Lov om arbeidsmiljø, annet ledd."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
@@ -191,7 +195,7 @@ async fn failed_batches_come_back_with_retry_failed_and_count_once() {
     let pg = stack.pg().await;
     let archive = unique("retry");
     let texts: Vec<String> = (0..9)
-        .map(|i| format!("§ {i} Lov om folketrygd, første ledd."))
+        .map(|i| format!("§ {i} {archive} Lov om folketrygd, første ledd."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
@@ -235,14 +239,14 @@ async fn dead_letters_are_redriven_and_counted_once() {
     let stack = Stack::load();
     let pg = stack.pg().await;
     let archive = unique("dlq");
+    let fixed = format!("Lov om tinglysing {archive}");
+    let poisoned = format!("{fixed} [[fail:500]]");
+    let second = format!("{fixed}, annet ledd");
     let ids = insert_docs(
         &pg,
         TABLE,
         &archive,
-        &[
-            Some("Lov om tinglysing [[fail:500]]"),
-            Some("Lov om tinglysing, annet ledd"),
-        ],
+        &[Some(poisoned.as_str()), Some(second.as_str())],
     )
     .await;
     let (queue, dlq_url) = stack.fresh_queue(1, 2).await;
@@ -293,8 +297,8 @@ async fn dead_letters_are_redriven_and_counted_once() {
 
     // The operator fixes the cause, then redrives this run's dead letters.
     pg.execute(
-        "UPDATE lovdata_documents SET content = 'Lov om tinglysing' WHERE id = $1",
-        &[&ids[0]],
+        "UPDATE lovdata_documents SET content = $2 WHERE id = $1",
+        &[&ids[0], &fixed],
     )
     .await
     .unwrap();
@@ -324,7 +328,7 @@ async fn a_dispatch_continues_from_its_cursor_without_duplicates() {
     let pg = stack.pg().await;
     let archive = unique("continue");
     let texts: Vec<String> = (0..57)
-        .map(|i| format!("§ {i} Vedtak kan påklages."))
+        .map(|i| format!("§ {i} {archive} Vedtak kan påklages."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
@@ -433,7 +437,7 @@ async fn a_restarting_api_server_and_lost_database_sessions_delay_batches_but_lo
         .with("OPENAI_API_KEY", &standin.key);
     let archive = unique("outage");
     let texts: Vec<String> = (0..200)
-        .map(|i| format!("§ {i} Kommunen fører tilsyn med at loven følges."))
+        .map(|i| format!("§ {i} {archive} Kommunen fører tilsyn med at loven følges."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
@@ -587,7 +591,8 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     let stack = Stack::load();
     let pg = stack.pg().await;
     let archive = unique("bodies");
-    insert_docs(&pg, TABLE, &archive, &[Some("Lov om kringkasting")]).await;
+    let broadcasting = format!("Lov om kringkasting {archive}");
+    insert_docs(&pg, TABLE, &archive, &[Some(broadcasting.as_str())]).await;
     let (queue, _) = stack.fresh_queue(2, 5).await;
     let store = stack.store();
     let dispatcher = stack.dispatcher(&queue);
@@ -646,7 +651,7 @@ async fn malformed_sqs_bodies_fail_alone_and_stay_on_the_queue() {
     assert!(!failed.contains("good"));
     assert_eq!(
         store
-            .coverage(Some(&archive))
+            .coverage(&stack.spec(), Some(&archive))
             .await
             .unwrap()
             .with_embeddings,
@@ -674,13 +679,8 @@ async fn keys_never_reach_the_output() {
     let stack = Stack::load();
     let pg = stack.pg().await;
     let archive = unique("secrets");
-    insert_docs(
-        &pg,
-        TABLE,
-        &archive,
-        &[Some("Lov om vern av hemmeligheter"), Some("")],
-    )
-    .await;
+    let secrecy = format!("Lov om vern av hemmeligheter {archive}");
+    insert_docs(&pg, TABLE, &archive, &[Some(secrecy.as_str()), Some("")]).await;
     let secrets: Vec<String> = [
         "SUPABASE_SECRET_KEY",
         "SUPABASE_PUBLISHABLE_KEY",

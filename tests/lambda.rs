@@ -329,11 +329,13 @@ async fn the_lambda_binaries_run_every_sample_event() {
     let texts = sample_texts(30);
     let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
     let archived = insert_docs(&pg, &table, ARCHIVE, &refs).await;
+    let hunting = format!("Lov om jakt {table}");
+    let fishing = format!("Lov om fiske {table}");
     let others = insert_docs(
         &pg,
         &table,
         "other",
-        &[Some("Lov om jakt"), Some("Lov om fiske")],
+        &[Some(hunting.as_str()), Some(fishing.as_str())],
     )
     .await;
     let stack = stack.with("BACKFILL_TABLE", &table);
@@ -415,7 +417,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
     // With batches of 5 a page holds 50 ids: 60 more documents (and the
     // blanks again) take two pages, and a deadline already near allows one.
     let more: Vec<String> = (0..60)
-        .map(|i| format!("§ {i} Forskrift om havner."))
+        .map(|i| format!("§ {i} {table} Forskrift om havner."))
         .collect();
     let more_refs: Vec<Option<&str>> = more.iter().map(|t| Some(t.as_str())).collect();
     let late = insert_docs(&pg, &table, ARCHIVE, &more_refs).await;
@@ -496,7 +498,7 @@ async fn the_lambda_binaries_run_every_sample_event() {
     ids.extend(&others);
     ids.extend(&late);
     let mut all_texts: Vec<Option<&str>> = refs.clone();
-    all_texts.extend([Some("Lov om jakt"), Some("Lov om fiske")]);
+    all_texts.extend([Some(hunting.as_str()), Some(fishing.as_str())]);
     all_texts.extend(more_refs.iter().copied());
     let stored = vectors(&pg, &table, &ids).await;
     for (id, text) in ids.iter().zip(&all_texts) {

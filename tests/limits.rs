@@ -20,6 +20,7 @@ const TABLE: &str = "lovdata_documents";
 
 /// Short, distinct texts: these tests are about counts, not text lengths.
 fn short_texts(n: usize, tag: &str) -> Vec<String> {
+    let tag = unique(tag);
     (0..n)
         .map(|i| format!("§ {i} {tag}: kommunen skal behandle søknaden innen {i} uker."))
         .collect()
@@ -104,7 +105,11 @@ async fn dispatch_work_and_verify_are_exact_under_a_cap_of_100_with_batches_of_2
         (run.documents_embedded, run.batches_done, run.tokens_used),
         (1_234, 5, exact)
     );
-    let coverage = stack.store().coverage(Some(&archive)).await.unwrap();
+    let coverage = stack
+        .store()
+        .coverage(&stack.spec(), Some(&archive))
+        .await
+        .unwrap();
     assert_eq!(
         (
             coverage.total,
@@ -393,7 +398,7 @@ async fn texts_too_large_to_fetch_whole_come_in_bounded_answers_and_are_cut_in_t
             } else {
                 1 << 20
             };
-            let mut t = format!("§ {i} ");
+            let mut t = format!("§ {i} {archive} ");
             let mut j = i;
             while t.len() < target {
                 t.push_str(words[j % words.len()]);
@@ -428,7 +433,9 @@ async fn a_fetch_answer_stays_within_its_byte_budget() {
     let stack = Stack::load();
     let pg = stack.pg().await;
     let archive = unique("budget");
-    let texts: Vec<String> = (0..5).map(|i| format!("{i}").repeat(3 << 20)).collect();
+    let texts: Vec<String> = (0..5)
+        .map(|i| format!("{archive} {}", format!("{i}").repeat(3 << 20)))
+        .collect();
     let ids = insert_texts(&pg, &archive, &texts).await;
     let target = serde_json::to_string(stack.store().target()).unwrap();
     let fetch = |max_chars: i32, after: Option<i64>| {
@@ -436,7 +443,8 @@ async fn a_fetch_answer_stays_within_its_byte_budget() {
         async move {
             let row = pg
                 .query_one(
-                    "SELECT backfill_fetch_documents($1::text::jsonb, $2, $3, $4, $5)::text",
+                    "SELECT backfill_fetch_documents(p_target => $1::text::jsonb, p_ids => $2,
+                         p_max_chars => $3, p_max_bytes => $4, p_after_id => $5)::text",
                     &[target, ids, &max_chars, &(8i64 << 20), &after],
                 )
                 .await

@@ -398,19 +398,12 @@ async fn run_through(url: &str) {
                         "content": "content", "archive": "archive", "embedding": "embedding"});
     let target = format!("'{target}'::jsonb");
     let run = uuid::Uuid::new_v4();
-    let vectors = |ids: &[i64]| {
-        let rows: Vec<Value> = ids
-            .iter()
-            .map(|id| json!({"id": id, "embedding": vec![0.25f32; 1536]}))
-            .collect();
-        format!("'{}'::jsonb", Value::from(rows))
-    };
 
-    assert_eq!(call(&db, "public.backfill_schema_version()").await, 11);
+    assert_eq!(call(&db, "public.backfill_schema_version()").await, 13);
     let created = call(
         &db,
         &format!(
-            "public.backfill_create_run(p_run_id => '{run}', p_params => jsonb_build_object('target', {target}),
+            "public.backfill_create_run(p_run_id => '{run}', p_params => jsonb_build_object('target', {target}, 'model', 'text-embedding-3-small', 'dimensions', 1536),
                                         p_price_per_million_tokens => 0.02, p_archive => 'lover')"
         ),
     )
@@ -471,7 +464,19 @@ async fn run_through(url: &str) {
         ),
     )
     .await;
-    assert_eq!(texts["documents"].as_array().unwrap().len(), 3, "{texts}");
+    let fetched = texts["documents"].as_array().unwrap();
+    assert_eq!(fetched.len(), 3, "{texts}");
+    // Each vector names the hash of the text it was made from, as fetched.
+    let vectors = |ids: &[i64]| {
+        let rows: Vec<Value> = ids
+            .iter()
+            .map(|id| {
+                let sha256 = &fetched.iter().find(|d| d["id"] == json!(id)).unwrap()["sha256"];
+                json!({"id": id, "embedding": vec![0.25f32; 1536], "sha256": sha256})
+            })
+            .collect();
+        format!("'{}'::jsonb", Value::from(rows))
+    };
     let written = call(
         &db,
         &format!(
@@ -545,12 +550,20 @@ async fn an_install_of_version_10_is_upgraded_in_place() {
         applied.iter().collect::<Vec<_>>()
     );
 
-    // Every incremental file is recorded already: none runs again (a recorded
-    // file that ran again would fail on its record's primary key).
+    // The files recorded already do not run again (a recorded file that ran
+    // again would fail on its record's primary key); only those since do.
     let stdout = migrated(&old.url);
-    assert!(!stdout.contains("applying"), "{stdout}");
-    assert!(stdout.contains("0 migration(s) applied"), "{stdout}");
-    assert_eq!(recorded(&db).await, before);
+    let applying: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("migrate: applying "))
+        .collect();
+    assert_eq!(
+        applying,
+        ["0011_provenance.sql", "0012_copies.sql"],
+        "{stdout}"
+    );
+    let after = recorded(&db).await;
+    assert_eq!(after[..before.len()], before[..]);
     assert_same_catalog(&catalog(&db).await, &want, "the upgraded install");
 
     run_through(&old.url).await;

@@ -50,7 +50,7 @@ async fn backfill_through(provider: &str) {
     let pg = stack.pg().await;
     let archive = unique(provider);
     let texts: Vec<String> = (0..DOCS)
-        .map(|i| format!("§ {i} Forskrift om {provider} og kommunale gebyrer."))
+        .map(|i| format!("§ {i} {archive} Forskrift om {provider} og kommunale gebyrer."))
         .collect();
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     let ids = insert_docs(&pg, TABLE, &archive, &refs).await;
@@ -116,7 +116,8 @@ async fn a_wrong_azure_key_names_its_variable() {
         .with("AZURE_OPENAI_API_KEY", "not-the-key");
     let pg = stack.pg().await;
     let archive = unique("azure-key");
-    insert_docs(&pg, TABLE, &archive, &[Some("§ 1 Lov om havner.")]).await;
+    let harbours = format!("§ 1 {archive} Lov om havner.");
+    insert_docs(&pg, TABLE, &archive, &[Some(harbours.as_str())]).await;
     let (queue, _) = stack.dispatch_fresh(&archive, 10).await;
     let Received { message: msg, .. } = queue
         .receive(1, Duration::from_secs(2))

@@ -6,7 +6,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{drain, insert_texts, run_of, unique, vectors, Gateway, Stack, Standin};
+use common::{drain, insert_texts, run_of, sha256_hex, unique, vectors, Gateway, Stack, Standin};
 use embed_backfill::dispatch::{DispatchRequest, DispatchSummary};
 use embed_backfill::handlers;
 use embed_backfill::queue::{
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 const TABLE: &str = "lovdata_documents";
 
 fn texts(n: usize, tag: &str) -> Vec<String> {
+    let tag = unique(tag);
     (0..n)
         .map(|i| format!("§ {i} {tag}: vedtaket kan påklages til departementet."))
         .collect()
@@ -69,7 +70,7 @@ async fn a_retried_batch_gets_real_retries_after_a_permanent_failure() {
     let pg = stack.pg().await;
     let archive = unique("retried");
     let mut docs = texts(3, "retried");
-    docs[1] = "Kvoten er brukt opp [[fail:quota]]".into();
+    docs[1] = format!("Kvoten er brukt opp {archive} [[fail:quota]]");
     let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
     drain(&stack, &queue).await;
@@ -79,7 +80,12 @@ async fn a_retried_batch_gets_real_retries_after_a_permanent_failure() {
     assert_eq!((failed.batches_failed, failed.documents_failed), (1, 3));
 
     // The quota is topped up, but the first retry meets a passing server error.
-    set_text(&pg, ids[1], "Serveren svikter en gang [[fail:500]]").await;
+    set_text(
+        &pg,
+        ids[1],
+        &format!("Serveren svikter en gang {archive} [[fail:500]]"),
+    )
+    .await;
     let (again, _) = stack.fresh_queue(1, 5).await;
     assert_eq!(
         redrive::retry_failed(status.as_ref(), &again, run, false)
@@ -124,7 +130,7 @@ async fn a_failed_batch_on_its_own_redelivery_stays_failed_without_calling_the_a
     let pg = stack.pg().await;
     let archive = unique("nocall");
     let mut docs = texts(2, "nocall");
-    docs[0] = "Tom kvote [[fail:quota]]".into();
+    docs[0] = format!("Tom kvote {archive} [[fail:quota]]");
     insert_texts(&pg, &archive, &docs).await;
     let standin = Standin::spawn(&[]);
     let stack = stack
@@ -272,7 +278,7 @@ async fn retry_failed_brings_back_a_document_that_failed_alone() {
     let archive = unique("alone");
     let mut docs = texts(5, "alone");
     let good = docs[2].clone();
-    docs[2] = "Ødelagt dokument [[fail:400]]".into();
+    docs[2] = format!("Ødelagt dokument {archive} [[fail:400]]");
     let ids = insert_texts(&pg, &archive, &docs).await;
     let (queue, run) = stack.dispatch_fresh(&archive, 10).await;
     drain(&stack, &queue).await;
@@ -421,12 +427,18 @@ async fn vectors_written_by_an_interrupted_delivery_count_once() {
     // A delivery wrote its first chunk of 100 vectors, then died.
     let refs: Vec<&str> = docs[..100].iter().map(String::as_str).collect();
     let expected = stack.expected_vectors(&refs).await;
+    let hashes: Vec<String> = refs.iter().map(|t| sha256_hex(t)).collect();
     let rows: Vec<embed_backfill::store::VectorRow<'_>> = ids[..100]
         .iter()
         .zip(&expected)
-        .map(|(id, v)| embed_backfill::store::VectorRow {
+        .zip(&hashes)
+        .map(|((id, v), sha256)| embed_backfill::store::VectorRow {
             id: embed_backfill::ids::DocumentId(*id),
             embedding: v,
+            sha256,
+            chunks: 1,
+            tokens: 1,
+            source: embed_backfill::store::VectorSource::Api,
         })
         .collect();
     let status = stack.store();

@@ -2,28 +2,47 @@
 
 use crate::embedder::tokens::{self, Tokenizer};
 use crate::ids::DocumentId;
-use crate::store::{PagedDocument, Store, StoreError};
+use crate::store::{LongText, PagedDocument, Selection, Store, StoreError};
 use std::collections::HashMap;
 
 /// How the provider counts a text as the worker sends it: none when blank,
-/// at most the input limit.
+/// at most the input limit when truncated, every chunk when averaged.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct TokenCount {
     pub tokenizer: Tokenizer,
     pub limit: usize,
+    pub long_text: LongText,
 }
 
 impl TokenCount {
     pub fn of(self, text: &Option<String>) -> u64 {
-        match text.as_deref() {
-            Some(t) if !tokens::is_blank(t) => self.tokenizer.truncate(t, self.limit).tokens as u64,
-            _ => 0,
+        match (text.as_deref(), self.long_text) {
+            (Some(t), _) if tokens::is_blank(t) => 0,
+            (Some(t), LongText::Truncate) => self.tokenizer.truncate(t, self.limit).tokens as u64,
+            (Some(t), LongText::Average) => self
+                .tokenizer
+                .chunks(t, self.limit)
+                .iter()
+                .map(|c| c.tokens as u64)
+                .sum(),
+            (None, _) => 0,
         }
     }
 
-    /// What the database sends of each text.
-    pub fn prefix_chars(self) -> usize {
-        self.tokenizer.prefix_chars(self.limit)
+    /// What the database sends of each text: all of it when it is averaged.
+    pub fn prefix_chars(self) -> Option<usize> {
+        match self.long_text {
+            LongText::Truncate => Some(self.tokenizer.prefix_chars(self.limit)),
+            LongText::Average => None,
+        }
+    }
+
+    /// The most tokens one text can cost.
+    fn cap(self) -> u64 {
+        match self.long_text {
+            LongText::Truncate => self.limit as u64,
+            LongText::Average => u64::MAX,
+        }
     }
 }
 
@@ -47,6 +66,7 @@ impl TokenEstimator {
     /// estimate of the rest.
     pub(super) async fn calibrate(
         store: &dyn Store,
+        selection: &Selection,
         count: TokenCount,
         page: &[PagedDocument],
     ) -> Result<Self, StoreError> {
@@ -54,10 +74,10 @@ impl TokenEstimator {
         let mut exact = HashMap::with_capacity(sample.len());
         let (mut tokens, mut bytes) = (0u64, 0u64);
         store
-            .for_each_missing(&sample, count.prefix_chars(), |d| {
+            .for_each_missing(selection, None, &sample, count.prefix_chars(), |d| {
                 let n = count.of(&d.content);
                 // A text cut at the input limit says nothing about tokens per byte.
-                if n > 0 && n < count.limit as u64 {
+                if n > 0 && n < count.cap() {
                     tokens += n;
                     bytes += d.content.as_deref().map_or(0, |t| t.len() as u64);
                 }
@@ -82,8 +102,7 @@ impl TokenEstimator {
     pub fn estimate(&self, doc: &PagedDocument) -> u64 {
         match self.exact.get(&doc.id) {
             Some(&n) => n,
-            None => ((doc.bytes as f64 * self.tokens_per_byte).ceil() as u64)
-                .min(self.count.limit as u64),
+            None => ((doc.bytes as f64 * self.tokens_per_byte).ceil() as u64).min(self.count.cap()),
         }
     }
 }
@@ -102,6 +121,7 @@ mod tests {
         let count = TokenCount {
             tokenizer: Tokenizer::Cl100k,
             limit: embedder::openai::LIMITS.tokens_per_input,
+            long_text: LongText::Truncate,
         };
         assert_eq!(count.of(&Some(text.clone())), exact);
         assert_eq!(count.of(&Some("  ".into())), 0);

@@ -17,7 +17,10 @@ use crate::embedder::Provider;
 use crate::ids::{BatchSeq, RunId};
 use crate::progress;
 use crate::queue::{BatchMessage, Queue, QueueError};
-use crate::store::{BatchState, CreatedRun, RunState, RunStatus, Store, StoreError, Target};
+use crate::store::{
+    BatchState, Coverage, CreatedRun, RunState, RunStatus, Selection, Store, StoreError, Target,
+    VectorSpec,
+};
 use paging::Cursor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,6 +51,23 @@ impl RunParams {
     pub fn read(params: &Value) -> Option<Self> {
         serde_json::from_value(params.clone()).ok()
     }
+
+    /// The vectors the run makes.
+    pub fn spec(&self) -> VectorSpec {
+        VectorSpec {
+            model: self.model.clone(),
+            dimensions: self.dimensions,
+            long_text: self.options.long_text,
+        }
+    }
+
+    /// The rows the run takes and the vectors it makes.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            select: self.options.select,
+            spec: self.spec(),
+        }
+    }
 }
 
 /// The dispatcher's answer.
@@ -67,6 +87,9 @@ pub struct DispatchSummary {
     /// Batches a continuation sent again: recorded, but never confirmed queued.
     #[serde(default)]
     pub resent_batches: u64,
+    /// A dry run's count of the filter's rows by the state of their vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
 }
 
 #[derive(Debug, Error)]
@@ -165,14 +188,7 @@ impl<Q: Queue> Dispatcher<Q> {
         if opts.dry_run {
             return self.dry_run(opts).await;
         }
-        let params = serde_json::to_value(RunParams {
-            options: opts.clone(),
-            target: self.store.target().clone(),
-            provider: self.provider.name().into(),
-            model: self.provider.model().into(),
-            dimensions: self.provider.dimensions(),
-        })
-        .unwrap_or_default();
+        let params = serde_json::to_value(self.params(opts)).unwrap_or_default();
         let created = self
             .store
             .create_run(
@@ -188,7 +204,20 @@ impl<Q: Queue> Dispatcher<Q> {
         }
         tracing::info!(run_id = %run, archive = ?opts.archive, "run created");
         let cursor = Cursor::start(opts);
-        self.page_and_finish(run, opts, cursor, deadline).await
+        let selection = self.params(opts).selection();
+        self.page_and_finish(run, &selection, opts, cursor, deadline)
+            .await
+    }
+
+    /// What a run of `opts` records: with the provider's model and dimensions.
+    fn params(&self, opts: &DispatchOptions) -> RunParams {
+        RunParams {
+            options: opts.clone(),
+            target: self.store.target().clone(),
+            provider: self.provider.name().into(),
+            model: self.provider.model().into(),
+            dimensions: self.provider.dimensions(),
+        }
     }
 
     /// Continues a run whose dispatch stopped (deadline, crash or error) from
@@ -204,9 +233,8 @@ impl<Q: Queue> Dispatcher<Q> {
             .run_status(Some(run))
             .await?
             .ok_or(DispatchError::UnknownRun(run))?;
-        let opts = RunParams::read(&status.params)
-            .ok_or(DispatchError::NoOptions(run))?
-            .options;
+        let params = RunParams::read(&status.params).ok_or(DispatchError::NoOptions(run))?;
+        let opts = params.options.clone();
         // An older version ended a dispatch that met a permanent error `failed`.
         let status = if status.state == RunState::Failed && status.dispatched_at.is_none() {
             self.store.resume_dispatch(run).await?
@@ -226,7 +254,9 @@ impl<Q: Queue> Dispatcher<Q> {
             seq: status.next_seq,
             remaining: opts.limit.map(|l| l.saturating_sub(status.total_documents)),
         };
-        let mut answer = self.page_and_finish(run, &opts, cursor, deadline).await?;
+        let mut answer = self
+            .page_and_finish(run, &params.selection(), &opts, cursor, deadline)
+            .await?;
         answer.resent_batches = resent;
         Ok(answer)
     }
@@ -276,11 +306,15 @@ impl<Q: Queue> Dispatcher<Q> {
     async fn page_and_finish(
         &self,
         run: RunId,
+        selection: &Selection,
         opts: &DispatchOptions,
         cursor: Cursor,
         deadline: Option<Instant>,
     ) -> Result<DispatchSummary, DispatchError> {
-        match self.page_into_batches(run, opts, cursor, deadline).await {
+        match self
+            .page_into_batches(run, selection, opts, cursor, deadline)
+            .await
+        {
             Ok(true) => Ok(summary(&self.store.finish_dispatch(run).await?, opts, true)),
             Ok(false) => self.stopped_at_deadline(run, opts).await,
             Err(e) => Err(self.stopped(run, e).await),
@@ -299,5 +333,6 @@ fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> Dispat
         estimated_tokens: status.estimated_tokens,
         estimated_cost_usd: status.estimated_cost_usd,
         complete,
+        coverage: None,
     }
 }

@@ -10,7 +10,7 @@ use super::{
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, Queue};
-use crate::store::{BatchRef, NewBatch};
+use crate::store::{BatchRef, LongText, NewBatch, Selection};
 use tokio::time::Instant;
 
 /// Where paging stands: the next id to page after, the next batch number and
@@ -43,6 +43,7 @@ impl<Q: Queue> Dispatcher<Q> {
     pub(super) async fn page_into_batches(
         &self,
         run: RunId,
+        selection: &Selection,
         opts: &DispatchOptions,
         mut cursor: Cursor,
         deadline: Option<Instant>,
@@ -59,7 +60,8 @@ impl<Q: Queue> Dispatcher<Q> {
                 return Ok(false);
             }
             first_page = false;
-            let page = self.dispatch_page(run, opts, &mut cursor, &mut estimator, page_size);
+            let page =
+                self.dispatch_page(run, selection, opts, &mut cursor, &mut estimator, page_size);
             match before_deadline(deadline, page).await {
                 None => return Ok(false),
                 Some(Err(e)) => return Err(e),
@@ -75,6 +77,7 @@ impl<Q: Queue> Dispatcher<Q> {
     async fn dispatch_page(
         &self,
         run: RunId,
+        selection: &Selection,
         opts: &DispatchOptions,
         cursor: &mut Cursor,
         estimator: &mut Option<TokenEstimator>,
@@ -83,17 +86,24 @@ impl<Q: Queue> Dispatcher<Q> {
         let started = Instant::now();
         let page = self
             .store
-            .page(opts.archive.as_deref(), cursor.after, page_size)
+            .page(selection, opts.archive.as_deref(), cursor.after, page_size)
             .await?;
         let Some(last) = page.rows.last() else {
-            return Ok(false);
+            // Stale rows may lie beyond a stretch of current ones.
+            cursor.after = page.next_after().or(cursor.after);
+            return Ok(page.more && page.last_id.is_some());
         };
         let last_id = last.id;
         let estimator = match estimator {
             Some(e) => e,
             None => estimator.insert(
-                TokenEstimator::calibrate(self.store.as_ref(), self.token_count(), &page.rows)
-                    .await?,
+                TokenEstimator::calibrate(
+                    self.store.as_ref(),
+                    selection,
+                    self.token_count(opts.long_text),
+                    &page.rows,
+                )
+                .await?,
             ),
         };
         let batches: Vec<NewBatch> = page
@@ -136,14 +146,15 @@ impl<Q: Queue> Dispatcher<Q> {
         if let Some(r) = cursor.remaining.as_mut() {
             *r -= page.rows.len() as u64;
         }
-        cursor.after = Some(last_id);
+        cursor.after = page.next_after();
         Ok(page.more)
     }
 
-    fn token_count(&self) -> TokenCount {
+    fn token_count(&self, long_text: LongText) -> TokenCount {
         TokenCount {
             tokenizer: self.provider.tokenizer(),
             limit: self.provider.limits().tokens_per_input,
+            long_text,
         }
     }
 
@@ -152,7 +163,8 @@ impl<Q: Queue> Dispatcher<Q> {
         &self,
         opts: &DispatchOptions,
     ) -> Result<DispatchSummary, DispatchError> {
-        let count = self.token_count();
+        let count = self.token_count(opts.long_text);
+        let selection = self.params(opts).selection();
         let mut cursor = Cursor::start(opts);
         let mut documents = 0u64;
         let mut tokens_total = 0u64;
@@ -163,24 +175,30 @@ impl<Q: Queue> Dispatcher<Q> {
             }
             let page = self
                 .store
-                .page(opts.archive.as_deref(), cursor.after, page_size)
+                .page(&selection, opts.archive.as_deref(), cursor.after, page_size)
                 .await?;
-            let Some(last) = page.rows.last() else { break };
-            cursor.after = Some(last.id);
+            cursor.after = page.next_after();
             documents += page.rows.len() as u64;
             let ids: Vec<DocumentId> = page.rows.iter().map(|d| d.id).collect();
-            self.store
-                .for_each_missing(&ids, count.prefix_chars(), |d| {
-                    tokens_total += count.of(&d.content)
-                })
-                .await?;
+            if !ids.is_empty() {
+                let prefix = count.prefix_chars();
+                self.store
+                    .for_each_missing(&selection, None, &ids, prefix, |d| {
+                        tokens_total += count.of(&d.content)
+                    })
+                    .await?;
+            }
             if let Some(r) = cursor.remaining.as_mut() {
                 *r -= page.rows.len() as u64;
             }
-            if !page.more {
+            if !page.more || cursor.after.is_none() {
                 break;
             }
         }
+        let coverage = self
+            .store
+            .coverage(&selection.spec, opts.archive.as_deref())
+            .await?;
         Ok(DispatchSummary {
             run_id: None,
             dry_run: true,
@@ -191,6 +209,7 @@ impl<Q: Queue> Dispatcher<Q> {
             estimated_cost_usd: self.provider.cost_usd(tokens_total),
             complete: true,
             resent_batches: 0,
+            coverage: Some(coverage),
         })
     }
 }

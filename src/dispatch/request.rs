@@ -3,6 +3,7 @@
 
 use crate::embedder;
 use crate::ids::{DocumentId, RunId};
+use crate::store::{LongText, Select};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -29,6 +30,12 @@ pub struct DispatchRequest {
     pub batch_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_batch_size: Option<u32>,
+    /// Which rows: `missing` (the default), `stale` or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Select>,
+    /// Texts over the input limit: `truncate` (the default) or `average`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_text: Option<LongText>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
     /// Start even though another run over an overlapping archive is active.
@@ -60,6 +67,11 @@ pub struct DispatchOptions {
     pub resume_from_id: Option<DocumentId>,
     pub batch_size: u32,
     pub embedding_batch_size: u32,
+    /// Runs from before selections embedded the missing rows.
+    #[serde(default)]
+    pub select: Select,
+    #[serde(default)]
+    pub long_text: LongText,
     pub dry_run: bool,
     #[serde(default)]
     pub force: bool,
@@ -212,6 +224,8 @@ impl DispatchRequest {
             resume_from_id,
             batch_size,
             embedding_batch_size,
+            select: self.select.unwrap_or_default(),
+            long_text: self.long_text.unwrap_or_default(),
             dry_run: self.dry_run,
             force: self.force,
         })
@@ -256,6 +270,11 @@ mod tests {
         assert!(err(r#"{"archive": 7}"#).starts_with("archive:"));
         assert!(err(r#"{"resume_from_id": -5}"#).starts_with("resume_from_id:"));
         assert!(err(r#"{"dry_run": "yes"}"#).starts_with("dry_run:"));
+        let select = err(r#"{"select": "changed"}"#);
+        assert!(
+            select.starts_with("select:") && select.contains("stale"),
+            "{select}"
+        );
         assert!(err("[]").contains("JSON object"));
         assert!(err("null").contains("JSON object"));
         assert!(err("{").contains("not valid JSON"));

@@ -112,6 +112,12 @@ impl Tokenizer {
         }
     }
 
+    pub fn chunks(self, text: &str, limit: usize) -> Vec<Prepared<'_>> {
+        match self {
+            Tokenizer::Cl100k => chunks(text, limit),
+        }
+    }
+
     /// The prefix of any text that holds its first `limit` tokens, in
     /// characters (see `MAX_PREFIX_CHARS`).
     pub fn prefix_chars(self, limit: usize) -> usize {
@@ -119,6 +125,82 @@ impl Tokenizer {
             Tokenizer::Cl100k => limit * LONGEST_TOKEN_BYTES,
         }
     }
+}
+
+/// How far back from a chunk's cut a boundary is looked for, as a divisor of
+/// the chunk: a paragraph break in its last quarter, else a sentence end in
+/// its last tenth; failing both, the chunk ends at the token limit.
+const PARAGRAPH_WINDOW: usize = 4;
+const SENTENCE_WINDOW: usize = 10;
+
+/// Splits `text` into consecutive chunks of at most `limit` tokens each,
+/// which together are the whole text: the OpenAI cookbook's way to embed a
+/// text over the input limit. A chunk that has to be cut ends after a
+/// paragraph break or a sentence end near the limit, so a chunk rarely
+/// stops mid-sentence. Blank chunks (whitespace between two cuts) are
+/// left out: they carry no meaning and the API rejects an empty input.
+pub fn chunks(text: &str, limit: usize) -> Vec<Prepared<'_>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let fit = truncate(rest, limit);
+        if !fit.truncated {
+            if !is_blank(rest) {
+                out.push(fit);
+            }
+            break;
+        }
+        let cut = fit.text.len();
+        let end = boundary(&rest[..cut]).unwrap_or(cut).max(1);
+        let end = (end..=rest.len())
+            .find(|&i| rest.is_char_boundary(i))
+            .unwrap_or(rest.len());
+        let (chunk, tail) = rest.split_at(end);
+        if !is_blank(chunk) {
+            out.push(Prepared {
+                text: Cow::Borrowed(chunk),
+                tokens: count(chunk),
+                truncated: true,
+            });
+        }
+        rest = tail;
+    }
+    out
+}
+
+/// The end of the last paragraph break in the last quarter of `cut`, or
+/// else of the last sentence in its last tenth.
+fn boundary(cut: &str) -> Option<usize> {
+    let last = |patterns: &[&str], divisor: usize| {
+        let from = cut.len() - cut.len() / divisor;
+        let from = (from..=cut.len()).find(|&i| cut.is_char_boundary(i))?;
+        patterns
+            .iter()
+            .filter_map(|p| cut[from..].rfind(p).map(|i| from + i + p.len()))
+            .max()
+    };
+    last(&["\n\n"], PARAGRAPH_WINDOW)
+        .or_else(|| last(&[". ", ".\n", "! ", "? ", "; "], SENTENCE_WINDOW))
+}
+
+/// The token-weighted mean of `vectors`, normalised to unit length: one
+/// vector for a text embedded in chunks, as the OpenAI cookbook combines
+/// them. A single vector is returned as it is.
+pub fn weighted_mean(vectors: &[(&[f32], usize)]) -> Vec<f32> {
+    if let [(only, _)] = vectors {
+        return only.to_vec();
+    }
+    let dims = vectors.first().map_or(0, |(v, _)| v.len());
+    let mut mean = vec![0f64; dims];
+    for (v, weight) in vectors {
+        for (m, x) in mean.iter_mut().zip(v.iter()) {
+            *m += f64::from(*x) * *weight as f64;
+        }
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
+    mean.iter()
+        .map(|x| if norm > 0.0 { (x / norm) as f32 } else { 0.0 })
+        .collect()
 }
 
 /// `truncate` for a text the caller owns: a text that fits is kept without a
@@ -197,6 +279,57 @@ mod tests {
         assert_eq!((&whole.text, whole.tokens), (&cut.text, cut.tokens));
         let owned = truncate_owned(prefix, MAX_INPUT_TOKENS);
         assert_eq!((&owned.text, owned.tokens), (&whole.text, whole.tokens));
+    }
+
+    #[test]
+    fn chunks_cover_the_text_and_end_at_paragraphs() {
+        // 451 tokens a paragraph: two fill 90% of a chunk of 1,000.
+        let paragraph = "Departementet kan gi forskrift om særlige regler for søknad. ".repeat(25);
+        let text = format!("{paragraph}\n\n").repeat(40);
+        let parts = chunks(&text, 1000);
+        assert!(parts.len() > 1);
+        let joined: String = parts.iter().map(|p| p.text.as_ref()).collect();
+        assert_eq!(joined, text, "the chunks are the whole text, in order");
+        for p in &parts {
+            assert!(
+                p.tokens <= 1000 && p.tokens == count(&p.text),
+                "{}",
+                p.tokens
+            );
+        }
+        for p in &parts[..parts.len() - 1] {
+            assert!(
+                p.text.ends_with("\n\n"),
+                "{:?}",
+                &p.text[p.text.len() - 20..]
+            );
+        }
+        let short = chunks("Lov om kommuner", MAX_INPUT_TOKENS);
+        assert_eq!(short.len(), 1);
+        assert!(!short[0].truncated);
+        assert!(chunks("  \n ", 10).is_empty());
+    }
+
+    #[test]
+    fn chunks_without_boundaries_are_cut_at_the_limit() {
+        let text = "æøå".repeat(5000);
+        let parts = chunks(&text, 300);
+        let joined: String = parts.iter().map(|p| p.text.as_ref()).collect();
+        assert_eq!(joined, text);
+        assert!(parts.iter().all(|p| p.tokens <= 300));
+        assert!(parts[0].tokens > 290, "{}", parts[0].tokens);
+    }
+
+    #[test]
+    fn the_mean_is_weighted_by_tokens_and_of_unit_length() {
+        let (a, b) = ([1.0f32, 0.0], [0.0f32, 1.0]);
+        let m = weighted_mean(&[(&a, 3), (&b, 1)]);
+        let expected = [3.0 / 10f32.sqrt(), 1.0 / 10f32.sqrt()];
+        assert!(
+            (m[0] - expected[0]).abs() < 1e-6 && (m[1] - expected[1]).abs() < 1e-6,
+            "{m:?}"
+        );
+        assert_eq!(weighted_mean(&[(&[0.6, 0.8], 5)]), vec![0.6, 0.8]);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 use super::{BatchMessage, IncomingMessage, Queue, QueueError, Received, Settle};
 use crate::retry::Backoff;
 use async_trait::async_trait;
+use aws_sdk_sqs::error::BuildError;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use std::time::Duration;
 
@@ -146,59 +148,79 @@ impl SqsQueue {
     /// Deletes the deliveries of `receipts`. One the queue reports failed is
     /// logged only: it comes back and is found done, which costs a little time.
     pub async fn delete(&self, receipts: &[String]) -> Result<(), QueueError> {
-        for chunk in receipts.chunks(SQS_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(r)
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.settle_error(e.to_string()))?;
-            let out = self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| self.settle_error(sdk_reason(&e)))?;
-            if let Some(f) = out.failed.first() {
-                tracing::warn!(failed = out.failed.len(), reason = ?f.message, "some deletes failed; those messages will be redelivered and skipped");
-            }
-        }
-        Ok(())
+        self.in_tens(
+            receipts,
+            |id, r| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(r)
+                    .build()
+            },
+            |entries| async move {
+                self.client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map(|out| out.failed)
+                    .map_err(|e| sdk_reason(&e))
+            },
+            "some deletes failed; those messages will be redelivered and skipped",
+        )
+        .await
     }
 
     /// Brings each delivery back after its delay. One the queue reports failed
     /// is logged only: it comes back after the visibility timeout instead.
     async fn redeliver_after(&self, delays: &[(&str, Duration)]) -> Result<(), QueueError> {
-        for chunk in delays.chunks(SQS_BATCH) {
+        self.in_tens(
+            delays,
+            |id, (r, delay)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(*r)
+                    .visibility_timeout(delay.min(&MAX_VISIBILITY).as_secs() as i32)
+                    .build()
+            },
+            |entries| async move {
+                self.client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map(|out| out.failed)
+                    .map_err(|e| sdk_reason(&e))
+            },
+            "some redelivery delays were not set; those messages come back after the visibility timeout",
+        )
+        .await
+    }
+
+    /// One batch call per ten of `items`, each item an entry whose id is its
+    /// place in the call. Entries the queue reports failed are only logged,
+    /// as `unsettled`: each such message comes back on its own.
+    async fn in_tens<T, E, F>(
+        &self,
+        items: &[T],
+        entry: impl Fn(String, &T) -> Result<E, BuildError>,
+        call: impl Fn(Vec<E>) -> F,
+        unsettled: &str,
+    ) -> Result<(), QueueError>
+    where
+        F: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, String>>,
+    {
+        for chunk in items.chunks(SQS_BATCH) {
             let entries = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, (r, delay))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*r)
-                        .visibility_timeout(delay.min(&MAX_VISIBILITY).as_secs() as i32)
-                        .build()
-                })
+                .map(|(i, item)| entry(i.to_string(), item))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| self.settle_error(e.to_string()))?;
-            let out = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| self.settle_error(sdk_reason(&e)))?;
-            if let Some(f) = out.failed.first() {
-                tracing::warn!(failed = out.failed.len(), reason = ?f.message, "some redelivery delays were not set; those messages come back after the visibility timeout");
+            let failed = call(entries).await.map_err(|e| self.settle_error(e))?;
+            if let Some(f) = failed.first() {
+                tracing::warn!(failed = failed.len(), reason = ?f.message, "{unsettled}");
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ mod model;
 mod postgrest;
 
 pub use error::StoreError;
-pub use memory::{BatchInfo, MemoryStore};
+pub use memory::{BatchInfo, MemoryStore, ProvenanceInfo};
 pub use model::*;
 pub use postgrest::PostgrestStore;
 
@@ -23,8 +23,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;
 
-/// Rows one coverage step reads: a bounded scan, whatever the table's size.
-pub const COVERAGE_STEP_ROWS: u32 = 100_000;
+/// Rows one coverage or adopt step reads: a bounded scan, whatever the
+/// table's size, that hashes the texts of the vectors it checks.
+pub const COVERAGE_STEP_ROWS: u32 = 10_000;
 /// Batch references one call returns at most.
 const BATCH_REFS_PAGE: u32 = 1000;
 
@@ -33,31 +34,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Where the documents live, recorded with each run.
     fn target(&self) -> &Target;
 
-    /// Up to `max_rows` ids after `after` (keyset order) that lack a vector
-    /// and, when `archive` is given, are in exactly that archive.
+    /// Up to `max_rows` ids after `after` (keyset order) that need a vector
+    /// by `selection` and, when `archive` is given, are in exactly that archive.
     async fn page(
         &self,
+        selection: &Selection,
         archive: Option<&str>,
         after: Option<DocumentId>,
         max_rows: u32,
     ) -> Result<Page, StoreError>;
 
-    /// Those of `ids` after `after` that still lack a vector, with their
-    /// texts cut to `max_chars` characters, as much as one answer holds.
+    /// Those of `ids` after `after` that still need a vector by `selection`
+    /// (for [`Select::All`], one that `run` has not written), with the hash
+    /// of each text and the text cut to `max_chars` characters (whole when
+    /// `None`), as much as one answer holds.
     async fn fetch_missing(
         &self,
+        selection: &Selection,
+        run: Option<RunId>,
         ids: &[DocumentId],
         after: Option<DocumentId>,
-        max_chars: usize,
+        max_chars: Option<usize>,
     ) -> Result<Fetched, StoreError>;
 
-    /// The coverage of up to `max_rows` rows after `after`.
+    /// The coverage of up to `max_rows` rows after `after`, against `spec`.
     async fn coverage_step(
         &self,
+        spec: &VectorSpec,
         archive: Option<&str>,
         after: Option<DocumentId>,
         max_rows: u32,
     ) -> Result<CoverageStep, StoreError>;
+
+    /// Records the provenance of the vectors without one among up to
+    /// `max_rows` rows after `after`, as made with `spec` from their texts.
+    async fn adopt_step(
+        &self,
+        spec: &VectorSpec,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<AdoptStep, StoreError>;
 
     /// Creates the run, or finds it when it exists; unless `force`, refuses
     /// while another run over an overlapping archive filter is active.
@@ -117,6 +134,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> Result<BatchStart, StoreError>;
 
+    /// Gives the batch's rows that need a vector the vector of another row
+    /// of the same text made as the run wants, with no API call.
+    async fn copy_vectors(&self, run: RunId, seq: BatchSeq) -> Result<Copied, StoreError>;
+
     /// Writes vectors to the batch's rows that still lack one, ahead of its
     /// completion; how many it wrote.
     async fn write_vectors(
@@ -148,18 +169,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 }
 
 impl dyn Store + '_ {
-    /// Hands `each` those of `ids` that still lack a vector, with their texts,
-    /// in id order, one bounded answer at a time, so a batch of large texts
-    /// never sits whole in memory.
+    /// Hands `each` those of `ids` that still need a vector, with their
+    /// texts, in id order, one bounded answer at a time, so a batch of large
+    /// texts never sits whole in memory.
     pub async fn for_each_missing(
         &self,
+        selection: &Selection,
+        run: Option<RunId>,
         ids: &[DocumentId],
-        max_chars: usize,
+        max_chars: Option<usize>,
         mut each: impl FnMut(Document),
     ) -> Result<(), StoreError> {
         let mut after: Option<DocumentId> = None;
         loop {
-            let page = self.fetch_missing(ids, after, max_chars).await?;
+            let page = self
+                .fetch_missing(selection, run, ids, after, max_chars)
+                .await?;
             after = page.documents.last().map(|d| d.id);
             page.documents.into_iter().for_each(&mut each);
             if !page.more || after.is_none() {
@@ -168,34 +193,47 @@ impl dyn Store + '_ {
         }
     }
 
-    /// The guide's coverage check, in steps of [`COVERAGE_STEP_ROWS`] rows.
-    pub async fn coverage(&self, archive: Option<&str>) -> Result<Coverage, StoreError> {
-        let mut c = Coverage {
-            total: 0,
-            with_embeddings: 0,
-            without_embeddings: 0,
-            empty_content: 0,
-            coverage_percent: 100.0,
-        };
+    /// The guide's coverage check, each vector's state against `spec`, in
+    /// steps of [`COVERAGE_STEP_ROWS`] rows.
+    pub async fn coverage(
+        &self,
+        spec: &VectorSpec,
+        archive: Option<&str>,
+    ) -> Result<Coverage, StoreError> {
+        let mut c = Coverage::default();
         let mut after: Option<DocumentId> = None;
         loop {
             let step = self
-                .coverage_step(archive, after, COVERAGE_STEP_ROWS)
+                .coverage_step(spec, archive, after, COVERAGE_STEP_ROWS)
                 .await?;
-            c.total += step.total;
-            c.with_embeddings += step.with_embeddings;
-            c.without_embeddings += step.without_embeddings;
-            c.empty_content += step.empty_content;
+            c.add(&step.counts);
             if !step.more || step.last_id.is_none() {
-                break;
+                return Ok(c);
             }
             after = step.last_id;
         }
-        if c.total > 0 {
-            c.coverage_percent =
-                (c.with_embeddings as f64 * 10_000.0 / c.total as f64).round() / 100.0;
+    }
+
+    /// `backfill adopt` over the whole filter, in steps of
+    /// [`COVERAGE_STEP_ROWS`] rows.
+    pub async fn adopt(
+        &self,
+        spec: &VectorSpec,
+        archive: Option<&str>,
+    ) -> Result<Adoption, StoreError> {
+        let mut total = Adoption::default();
+        let mut after: Option<DocumentId> = None;
+        loop {
+            let step = self
+                .adopt_step(spec, archive, after, COVERAGE_STEP_ROWS)
+                .await?;
+            total.adopted += step.adoption.adopted;
+            total.wrong_dimensions += step.adoption.wrong_dimensions;
+            if !step.more || step.last_id.is_none() {
+                return Ok(total);
+            }
+            after = step.last_id;
         }
-        Ok(c)
     }
 
     /// Every batch of the run in one of `states`, in order, paged so that no

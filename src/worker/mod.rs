@@ -2,12 +2,12 @@
 //! counted completion in the status row. Safe to run twice on the same message.
 
 mod bisect;
+mod inputs;
+mod settings;
 #[cfg(test)]
 mod tests;
 
-use crate::dispatch::{RunParams, DEFAULT_EMBEDDING_BATCH_SIZE};
 use crate::embedder::batching;
-use crate::embedder::tokens;
 use crate::embedder::{EmbedError, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
@@ -15,7 +15,10 @@ use crate::queue::{BatchMessage, IncomingMessage, MessageError};
 use crate::store::{BatchState, FailedDocument, Store, StoreError, VectorRow};
 use futures::future::join_all;
 use futures::StreamExt;
+use inputs::{Combined, Inputs};
 use serde::Serialize;
+use settings::Settings;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,14 @@ pub enum WorkerError {
     OutOfTime,
     #[error("batch {1} of run {0} is being worked by another delivery until {2}; SQS brings this one back after its visibility timeout")]
     Leased(RunId, BatchSeq, String),
+    #[error("run {0} records no model and dimensions this version can read (an older version dispatched it): its vectors' provenance could not name their model. Dispatch a new run over the same archive: it selects what this one left")]
+    UnreadableRun(RunId),
+    #[error("run {run} was dispatched for {recorded}, but this worker embeds with {ours}: its vectors would be recorded as the other model's. Give the worker the run's settings (EMBEDDING_PROVIDER, OPENAI_EMBEDDING_MODEL, BACKFILL_EMBEDDING_DIMENSIONS), or dispatch a new run")]
+    OtherModel {
+        run: RunId,
+        recorded: String,
+        ours: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -75,10 +86,14 @@ pub struct BatchReport {
     pub documents: usize,
     pub fetched: usize,
     pub embedded: u64,
+    /// Of those, given the vector of another row of the same text.
+    pub copied: u64,
     pub skipped: u64,
     /// Documents the embeddings API rejected on their own (a 400 for that input alone).
     pub failed: usize,
     pub truncated: usize,
+    /// Texts over the input limit embedded in chunks and averaged.
+    pub averaged: usize,
     pub tokens: u64,
     pub requests: usize,
     pub fetch_ms: u64,
@@ -200,9 +215,11 @@ impl Worker {
                 tracing::info!(
                     documents = r.documents,
                     embedded = r.embedded,
+                    copied = r.copied,
                     skipped = r.skipped,
                     failed = r.failed,
                     truncated = r.truncated,
+                    averaged = r.averaged,
                     tokens = r.tokens,
                     requests = r.requests,
                     already_done = r.already_done,
@@ -284,39 +301,39 @@ impl Worker {
         if start.state == Some(BatchState::Failed) && receive_count > 1 {
             return Err(WorkerError::FailedBefore(msg.run_id, msg.batch));
         }
-        let per_request = start
-            .params
-            .as_ref()
-            .and_then(RunParams::read)
-            .map_or(DEFAULT_EMBEDDING_BATCH_SIZE, |p| {
-                p.options.embedding_batch_size
-            }) as usize;
+        let provider = self.embedder.provider();
+        let Settings {
+            selection,
+            per_request,
+        } = Settings::of(msg.run_id, start.params.as_ref(), provider.as_ref())?;
 
         failpoint::crash_point("worker_after_begin");
+        // Rows whose text another row already holds with a vector as the run
+        // wants take that vector: no API call.
+        self.store.copy_vectors(msg.run_id, msg.batch).await?;
         // Texts come a bounded answer at a time and are cut to the input limit
-        // as they arrive, so a batch of huge texts never sits whole in memory.
-        let provider = self.embedder.provider();
-        let (tokenizer, limits) = (provider.tokenizer(), provider.limits());
-        let mut prepared: Vec<(DocumentId, tokens::Prepared<'static>)> = Vec::new();
+        // (or into chunks, to be averaged) as they arrive, so a batch of huge
+        // texts never sits whole in memory. Each keeps the hash of its whole
+        // text, which its write must match.
+        let limits = provider.limits();
+        let mut inputs = Inputs::new(
+            provider.tokenizer(),
+            limits.tokens_per_input,
+            selection.spec.long_text,
+        );
+        let prefix = inputs.prefix_chars();
         self.store
-            .for_each_missing(
-                &start.ids,
-                tokenizer.prefix_chars(limits.tokens_per_input),
-                |d| {
-                    report.fetched += 1;
-                    if let Some(text) = d.content.filter(|t| !tokens::is_blank(t)) {
-                        prepared.push((
-                            d.id,
-                            tokenizer.truncate_owned(text, limits.tokens_per_input),
-                        ));
-                    }
-                },
-            )
+            .for_each_missing(&selection, Some(msg.run_id), &start.ids, prefix, |d| {
+                report.fetched += 1;
+                inputs.add(d);
+            })
             .await?;
         report.fetch_ms = t.elapsed().as_millis() as u64;
 
         let t = StdInstant::now();
-        report.truncated = prepared.iter().filter(|(_, p)| p.truncated).count();
+        report.truncated = inputs.truncated();
+        report.averaged = inputs.averaged();
+        let prepared = &inputs.inputs;
         let counts: Vec<usize> = prepared.iter().map(|(_, p)| p.tokens).collect();
         let mut vectors: Vec<Option<Vec<f32>>> = vec![None; prepared.len()];
         let mut failures: Vec<FailedDocument> = Vec::new();
@@ -328,7 +345,7 @@ impl Worker {
             limits.tokens_per_request,
         );
         let mut results = futures::stream::iter(groups)
-            .map(|g| self.embed_group(&prepared, g, deadline, billed))
+            .map(|g| self.embed_group(prepared, g, deadline, billed))
             .buffer_unordered(self.embedder.max_concurrent_requests());
         while let Some(group) = results.next().await {
             let group = group?;
@@ -340,19 +357,24 @@ impl Worker {
             failures.extend(group.failures);
         }
         drop(results);
+        // A document of several chunks fails once, for its first bad chunk.
         failures.sort_by_key(|f| f.id);
+        failures.dedup_by_key(|f| f.id);
         report.embed_ms = t.elapsed().as_millis() as u64;
         failpoint::crash_point("worker_after_embed");
 
         let t = StdInstant::now();
-        let rows: Vec<VectorRow<'_>> = prepared
-            .iter()
-            .zip(&vectors)
-            .filter_map(|((id, _), v)| {
-                v.as_deref()
-                    .map(|embedding| VectorRow { id: *id, embedding })
-            })
-            .collect();
+        let failed: HashSet<DocumentId> = failures.iter().map(|f| f.id).collect();
+        let (combined, failed_copies) = inputs.combine(&vectors, &failed);
+        drop(vectors);
+        for (copy, original) in failed_copies {
+            if let Some(f) = failures.iter().find(|f| f.id == original) {
+                let reason = f.reason.clone();
+                failures.push(FailedDocument { id: copy, reason });
+            }
+        }
+        failures.sort_by_key(|f| f.id);
+        let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
         // All chunks but the last are written on their own; the last goes
         // with the completion, so a batch of up to one chunk is one call.
         let last = rows.len().saturating_sub(1) / WRITE_CHUNK * WRITE_CHUNK;
@@ -375,6 +397,7 @@ impl Worker {
         failpoint::crash_point("worker_after_complete");
         report.counted = done.counted;
         report.embedded = done.written;
+        report.copied = done.copied;
         report.skipped = done.skipped;
         report.failed = failures.len();
         Ok(report)

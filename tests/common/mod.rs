@@ -9,7 +9,7 @@ use embed_backfill::dispatch::Dispatcher;
 use embed_backfill::ids::RunId;
 use embed_backfill::queue::SqsQueue;
 use embed_backfill::setup;
-use embed_backfill::store::{RunStatus, Store};
+use embed_backfill::store::{RunStatus, Select, Selection, Store, VectorSpec};
 use embed_backfill::worker::Worker;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,6 +81,19 @@ impl Stack {
 
     pub fn store(&self) -> Arc<dyn Store> {
         setup::store(&self.env()).expect("a store from the stack's settings")
+    }
+
+    /// The vectors the stack's settings make, as `verify` checks them.
+    pub fn spec(&self) -> VectorSpec {
+        setup::spec(&self.env()).expect("a spec from the stack's settings")
+    }
+
+    /// What a run of the missing rows selects.
+    pub fn missing(&self) -> Selection {
+        Selection {
+            select: Select::Missing,
+            spec: self.spec(),
+        }
     }
 
     pub fn dispatcher(&self, queue: &SqsQueue) -> Dispatcher<SqsQueue> {
@@ -245,6 +258,39 @@ impl Stack {
     }
 }
 
+/// Runs the `backfill` binary with the stack's settings and nothing else of
+/// this process's environment.
+pub fn backfill(stack: &Stack, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_backfill"))
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .envs(&stack.vars)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run backfill")
+}
+
+/// The JSON a successful `backfill ... --json` printed.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "backfill failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+/// The hex sha256 of a text as stored, as the store records it.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The run's status row, which the test expects to exist.
 pub async fn run_of(store: &Arc<dyn Store>, id: impl Into<Option<RunId>>) -> RunStatus {
     store
@@ -321,8 +367,11 @@ pub async fn vectors(
     .collect()
 }
 
-/// Realistic texts of varied lengths, with the edge cases the worker must handle.
+/// Realistic texts of varied lengths, with the edge cases the worker must
+/// handle. Each call's texts are its own: a text any other row holds would
+/// take that row's vector instead of costing an API call.
 pub fn sample_texts(n: usize) -> Vec<Option<String>> {
+    let salt = unique("t");
     let words = [
         "loven",
         "gjelder",
@@ -350,14 +399,14 @@ pub fn sample_texts(n: usize) -> Vec<Option<String>> {
             0 => Some(String::new()),
             1 => Some("  \n\t ".into()),
             2 if i % 20 == 2 => Some(
-                (0..12_000)
-                    .map(|j| words[(i * 7 + j * 3) % words.len()])
+                std::iter::once(salt.as_str())
+                    .chain((0..12_000).map(|j| words[(i * 7 + j * 3) % words.len()]))
                     .collect::<Vec<_>>()
                     .join(" "),
             ),
             3 if i % 30 == 3 => None,
             _ => Some(format!(
-                "§ {i} {}",
+                "§ {i} {salt} {}",
                 (0..(20 + i * 13 % 400))
                     .map(|j| words[(i + j * j) % words.len()])
                     .collect::<Vec<_>>()

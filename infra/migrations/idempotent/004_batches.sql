@@ -132,7 +132,10 @@ CREATE OR REPLACE FUNCTION public.backfill_complete_batch(
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_batch public.backfill_batches;
+    v_set jsonb;
     v_written integer;
+    v_copied integer;
+    v_saved bigint;
     v_failed integer := jsonb_array_length(coalesce(p_failures, '[]'));
     v_skipped integer;
     v_was_failed boolean;
@@ -141,19 +144,24 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'backfill batch %/% does not exist', p_run_id, p_seq USING ERRCODE = 'P0002';
     END IF;
-    v_written := public.backfill_set_vectors(p_target, p_vectors, v_batch.ids);
+    v_set := public.backfill_set_vectors(p_target, p_run_id, p_vectors, v_batch.ids);
+    v_written := (v_set ->> 'written')::integer;
     UPDATE public.backfill_runs SET tokens_billed = tokens_billed + p_tokens WHERE id = p_run_id;
     IF v_batch.state IN ('done', 'done_with_failures') THEN
         UPDATE public.backfill_batches SET leased_until = NULL WHERE run_id = p_run_id AND seq = p_seq;
         RETURN jsonb_build_object('counted', false, 'written', v_written, 'state', v_batch.state);
     END IF;
     v_written := v_written + v_batch.documents_written;
+    v_copied := (v_set ->> 'copied')::integer + v_batch.documents_copied;
+    v_saved := (v_set ->> 'tokens_saved')::bigint + v_batch.tokens_saved;
     v_was_failed := v_batch.state = 'failed';
     v_skipped := greatest(cardinality(v_batch.ids) - v_batch.documents_embedded - v_written - v_failed, 0);
     UPDATE public.backfill_batches SET
         state = CASE WHEN v_failed > 0 THEN 'done_with_failures' ELSE 'done' END,
         documents_embedded = documents_embedded + v_written,
         documents_written = 0,
+        documents_copied = 0,
+        tokens_saved = 0,
         documents_skipped = v_skipped,
         documents_failed = v_failed,
         tokens = tokens + p_tokens,
@@ -167,6 +175,8 @@ BEGIN
         batches_done = batches_done + 1,
         batches_failed = batches_failed - CASE WHEN v_was_failed THEN 1 ELSE 0 END,
         documents_embedded = documents_embedded + v_written,
+        documents_copied = documents_copied + v_copied,
+        tokens_saved = tokens_saved + v_saved,
         documents_skipped = documents_skipped + v_skipped,
         documents_failed = documents_failed + v_failed
             - CASE WHEN v_was_failed THEN v_batch.documents_failed ELSE 0 END,
@@ -174,7 +184,7 @@ BEGIN
         updated_at = now()
     WHERE id = p_run_id;
     PERFORM public.backfill_settle_run(p_run_id);
-    RETURN jsonb_build_object('counted', true, 'written', v_written, 'skipped', v_skipped,
+    RETURN jsonb_build_object('counted', true, 'written', v_written, 'copied', v_copied, 'skipped', v_skipped,
         'failed', v_failed, 'state', CASE WHEN v_failed > 0 THEN 'done_with_failures' ELSE 'done' END);
 END $$;
 
@@ -204,11 +214,13 @@ BEGIN
         UPDATE public.backfill_runs SET
             batches_failed = batches_failed + 1,
             documents_failed = documents_failed + v_failed,
-            documents_embedded = documents_embedded + v_batch.documents_written
+            documents_embedded = documents_embedded + v_batch.documents_written,
+            documents_copied = documents_copied + v_batch.documents_copied,
+            tokens_saved = tokens_saved + v_batch.tokens_saved
         WHERE id = p_run_id;
         UPDATE public.backfill_batches SET
             documents_embedded = documents_embedded + documents_written,
-            documents_written = 0
+            documents_written = 0, documents_copied = 0, tokens_saved = 0
         WHERE run_id = p_run_id AND seq = p_seq;
     END IF;
     UPDATE public.backfill_batches SET

@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use embed_backfill::config::EmbeddingConfig;
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::ids::RunId;
+use embed_backfill::store::{LongText, Select};
 
 #[derive(Parser)]
 #[command(name = "backfill", version, about = "Backfill OpenAI embeddings into a Supabase table", long_about = None)]
@@ -22,8 +23,12 @@ pub enum Command {
     Work(WorkArgs),
     /// Show a run's state, progress, rate, ETA, cost and failures (the latest run by default).
     Status(StatusArgs),
-    /// Check embedding coverage, as the guide's SQL does.
+    /// Check embedding coverage, as the guide's SQL does, and each vector's
+    /// state: current, stale (by text or by model), unknown.
     Verify(VerifyArgs),
+    /// Record vectors made elsewhere (by the old script, by hand) as made by
+    /// MODEL from their rows' current texts, without calling any API.
+    Adopt(AdoptArgs),
     /// Move messages from the dead-letter queue back to the queue.
     Redrive(RedriveArgs),
     /// Queue a run's failed batches again, from the status tables.
@@ -47,7 +52,17 @@ pub struct Selection {
     /// Inputs per embeddings request [default: 100; the provider's own limit applies too]
     #[arg(long)]
     pub embedding_batch_size: Option<u32>,
-    /// Count documents, tokens and cost from the real texts; write and queue nothing
+    /// Which rows: missing (no vector), stale (also those made from another
+    /// text or with another model), all (every row) [default: missing]
+    #[arg(long, value_name = "ROWS")]
+    pub select: Option<Select>,
+    /// Texts over the model's input limit: truncate (embed the first 8,191
+    /// tokens) or average (embed every chunk, store their token-weighted
+    /// mean) [default: truncate]
+    #[arg(long, value_name = "POLICY")]
+    pub long_text: Option<LongText>,
+    /// Count documents, tokens and cost from the real texts, and every row's
+    /// state; write and queue nothing
     #[arg(long)]
     pub dry_run: bool,
     /// Start even though another run over an overlapping archive is still active
@@ -64,6 +79,8 @@ impl Selection {
             resume_from_id: self.resume_from_id,
             batch_size: self.batch_size,
             embedding_batch_size: self.embedding_batch_size,
+            select: self.select,
+            long_text: self.long_text,
             dry_run: self.dry_run,
             force: self.force,
             ..Default::default()
@@ -184,6 +201,24 @@ pub struct StatusArgs {
 
 #[derive(Args)]
 pub struct VerifyArgs {
+    #[arg(long)]
+    pub archive: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct AdoptArgs {
+    /// The model that made the vectors, as the API names it (e.g. text-embedding-3-small)
+    #[arg(long)]
+    pub model: String,
+    /// Their dimensions [default: BACKFILL_EMBEDDING_DIMENSIONS, or 1536]
+    #[arg(long)]
+    pub dimensions: Option<u32>,
+    /// What was done with texts over the model's input limit
+    #[arg(long, value_name = "POLICY", default_value_t = LongText::Truncate)]
+    pub long_text: LongText,
+    /// Only rows of this archive
     #[arg(long)]
     pub archive: Option<String>,
     #[arg(long)]

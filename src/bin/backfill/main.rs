@@ -8,8 +8,8 @@ mod render;
 
 use anyhow::{bail, Context, Result};
 use args::{
-    Cli, Command, DispatchArgs, RedriveArgs, RetryFailedArgs, RunArgs, StatusArgs, VerifyArgs,
-    WorkArgs,
+    AdoptArgs, Cli, Command, DispatchArgs, RedriveArgs, RetryFailedArgs, RunArgs, StatusArgs,
+    VerifyArgs, WorkArgs,
 };
 use clap::Parser;
 use embed_backfill::config::Env;
@@ -19,7 +19,7 @@ use embed_backfill::progress;
 use embed_backfill::queue::{MemoryQueue, SqsQueue};
 use embed_backfill::redrive::{self, RedriveReport};
 use embed_backfill::runner::{self, ConsumeOptions, LocalOptions, OnFailure, Tally};
-use embed_backfill::store::Coverage;
+use embed_backfill::store::{Adoption, Coverage, VectorSpec};
 use embed_backfill::{invoke, logging, secrets_manager, setup};
 use render::{Bar, Ran};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +52,7 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Verify(a) => {
             render::coverage(&verify(&env, &a).await?, a.archive.as_deref(), a.json)
         }
+        Command::Adopt(a) => render::adopted(&adopt(&env, &a).await?, &a.model, a.json),
         Command::Redrive(a) => render::redriven(&redrive(&env, &a).await?, a.json),
         Command::RetryFailed(a) => {
             render::requeued(
@@ -218,7 +219,22 @@ async fn verify<F: Fn(&str) -> Option<String>>(
     args: &VerifyArgs,
 ) -> Result<Coverage> {
     let store = setup::store(env)?;
-    Ok(store.coverage(args.archive.as_deref()).await?)
+    Ok(store
+        .coverage(&setup::spec(env)?, args.archive.as_deref())
+        .await?)
+}
+
+async fn adopt<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &AdoptArgs) -> Result<Adoption> {
+    let store = setup::store(env)?;
+    let spec = VectorSpec {
+        model: args.model.clone(),
+        dimensions: match args.dimensions {
+            Some(d) => d,
+            None => env.embedding()?.dimensions,
+        },
+        long_text: args.long_text,
+    };
+    Ok(store.adopt(&spec, args.archive.as_deref()).await?)
 }
 
 async fn redrive<F: Fn(&str) -> Option<String>>(

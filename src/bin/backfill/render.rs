@@ -7,8 +7,8 @@ use embed_backfill::ids::RunId;
 use embed_backfill::progress::{self, human_duration, Progress, Stall};
 use embed_backfill::redrive::RedriveReport;
 use embed_backfill::runner::Tally;
-use embed_backfill::store::Coverage;
 use embed_backfill::store::RunStatus;
+use embed_backfill::store::{Adoption, Coverage};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::time::Duration;
@@ -56,6 +56,12 @@ pub fn summary(summary: &DispatchSummary, json: bool) -> Result<()> {
         }
     );
     println!("  Cost:      ${:.4}", summary.estimated_cost_usd);
+    if let Some(c) = &summary.coverage {
+        println!(
+            "  Rows:      {} missing ({} of them empty), {} stale by text, {} stale by model, {} current, {} unknown",
+            c.without_embeddings, c.empty_content, c.stale_text, c.stale_model, c.current, c.unknown
+        );
+    }
     Ok(())
 }
 
@@ -124,6 +130,12 @@ fn status_lines(s: &RunStatus) {
         "  Tokens: {} for embedded documents, {} billed (estimated {}) | Cost: ${:.4} billed (estimated ${:.4})",
         s.tokens_used, s.tokens_billed, s.estimated_tokens, s.actual_cost_usd, s.estimated_cost_usd
     );
+    if s.documents_copied > 0 {
+        println!(
+            "  Copies: {} of the embedded documents took the vector of a row with the same text ({} tokens saved)",
+            s.documents_copied, s.tokens_saved
+        );
+    }
     if let Some(e) = &s.last_error {
         println!("  Last error: {e}");
     }
@@ -158,6 +170,30 @@ pub fn coverage(c: &Coverage, archive: Option<&str>, json: bool) -> Result<()> {
         println!(
             "  (of which {} have empty content and cannot be embedded)",
             c.empty_content
+        );
+    }
+    println!("  current:            {}", c.current);
+    println!("  stale by text:      {}", c.stale_text);
+    println!("  stale by model:     {}", c.stale_model);
+    println!("  unknown:            {}", c.unknown);
+    if c.stale_text + c.stale_model > 0 {
+        println!("  (`backfill run --select stale` re-embeds the stale ones)");
+    }
+    if c.unknown > 0 {
+        println!("  (unknown vectors have no provenance: `backfill adopt --model M` records them)");
+    }
+    Ok(())
+}
+
+pub fn adopted(a: &Adoption, model: &str, json: bool) -> Result<()> {
+    if json {
+        return pretty(a);
+    }
+    println!("Adopted {} vector(s) as made by {model}", a.adopted);
+    if a.wrong_dimensions > 0 {
+        println!(
+            "  {} vector(s) have other dimensions and were left unknown: check --dimensions",
+            a.wrong_dimensions
         );
     }
     Ok(())

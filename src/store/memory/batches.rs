@@ -1,7 +1,9 @@
 //! A batch's life: what the dispatcher lists and reopens, and a worker's
 //! lease, vectors, completion and failure, each counted into the run once.
 
-use super::state::{after, check_vectors, lease_end, raise, set_vectors, State};
+use super::provenance::Want;
+use super::state::{after, check_vectors, lease_end, raise, State};
+use super::vectors::set_vectors;
 use crate::ids::{BatchSeq, RunId};
 use crate::store::model::*;
 use crate::store::StoreError;
@@ -116,24 +118,33 @@ impl State {
         seq: BatchSeq,
         vectors: &[VectorRow<'_>],
     ) -> Result<u64, StoreError> {
-        let State { documents, runs } = self;
-        let b = runs
-            .iter_mut()
-            .find(|r| r.id == run)
-            .and_then(|r| r.batches.get_mut(&seq))
-            .ok_or_else(|| {
-                raise(
-                    WRITE,
-                    "P0002",
-                    format!("backfill batch {run}/{seq} does not exist"),
-                )
-            })?;
+        let now = self.stamp();
+        let State {
+            documents,
+            provenance,
+            runs,
+            ..
+        } = self;
+        let missing = || {
+            raise(
+                WRITE,
+                "P0002",
+                format!("backfill batch {run}/{seq} does not exist"),
+            )
+        };
+        let r = runs.iter_mut().find(|r| r.id == run).ok_or_else(missing)?;
+        let b = r.batches.get_mut(&seq).ok_or_else(missing)?;
+        let want = Want::of_run(WRITE, &r.params)?;
         check_vectors(WRITE, vectors)?;
-        let written = set_vectors(documents, vectors, &b.ids);
+        let set = set_vectors(
+            WRITE, now, documents, provenance, &want, run, vectors, &b.ids,
+        )?;
         if !b.state.is_done() {
-            b.documents_written += written;
+            b.documents_written += set.written;
+            b.documents_copied += set.copied;
+            b.tokens_saved += set.tokens_saved;
         }
-        Ok(written)
+        Ok(set.written)
     }
 
     pub(super) fn complete_batch(
@@ -152,21 +163,34 @@ impl State {
                 format!("backfill batch {run}/{seq} does not exist"),
             )
         };
-        let State { documents, runs } = self;
+        let stamp = self.stamp();
+        let State {
+            documents,
+            provenance,
+            runs,
+            ..
+        } = self;
         let r = runs.iter_mut().find(|r| r.id == run).ok_or_else(missing)?;
         let b = r.batches.get_mut(&seq).ok_or_else(missing)?;
+        let want = Want::of_run(COMPLETE, &r.params)?;
         check_vectors(COMPLETE, vectors)?;
-        let mut written = set_vectors(documents, vectors, &b.ids);
+        let set = set_vectors(
+            COMPLETE, stamp, documents, provenance, &want, run, vectors, &b.ids,
+        )?;
         r.tokens_billed += tokens;
         if b.state.is_done() {
             b.leased_until = None;
+            // The answer has no `copied`: the client reads 0.
             return Ok(Completion {
                 counted: false,
-                written,
+                written: set.written,
+                copied: 0,
                 skipped: 0,
             });
         }
-        written += b.documents_written;
+        let written = set.written + b.documents_written;
+        let copied = set.copied + b.documents_copied;
+        let saved = set.tokens_saved + b.tokens_saved;
         let failed = failures.len() as u64;
         let was_failed = b.state == BatchState::Failed;
         let uncounted_failed = if was_failed { b.documents_failed } else { 0 };
@@ -178,6 +202,8 @@ impl State {
         };
         b.documents_embedded += written;
         b.documents_written = 0;
+        b.documents_copied = 0;
+        b.tokens_saved = 0;
         b.documents_skipped = skipped;
         b.documents_failed = failed;
         b.failed_documents = failures.to_vec();
@@ -186,6 +212,8 @@ impl State {
         r.batches_done += 1;
         r.batches_failed = r.batches_failed.saturating_sub(u64::from(was_failed));
         r.documents_embedded += written;
+        r.documents_copied += copied;
+        r.tokens_saved += saved;
         r.documents_skipped += skipped;
         r.documents_failed = (r.documents_failed + failed).saturating_sub(uncounted_failed);
         r.tokens_used += tokens;
@@ -194,6 +222,7 @@ impl State {
         Ok(Completion {
             counted: true,
             written,
+            copied,
             skipped,
         })
     }
@@ -222,8 +251,12 @@ impl State {
             r.batches_failed += 1;
             r.documents_failed += failed;
             r.documents_embedded += b.documents_written;
+            r.documents_copied += b.documents_copied;
+            r.tokens_saved += b.tokens_saved;
             b.documents_embedded += b.documents_written;
             b.documents_written = 0;
+            b.documents_copied = 0;
+            b.tokens_saved = 0;
         }
         let ends = permanent || b.state == BatchState::Failed;
         b.state = if ends {

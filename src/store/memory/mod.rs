@@ -6,15 +6,22 @@
 //!
 //! What no function reads back (a batch's timestamps and tokens, its
 //! estimate) is not kept, and the vector column's dimension is not checked:
-//! tests use short vectors.
+//! tests use short vectors. A provenance's `embedded_at` is kept, since the
+//! copy of a vector takes the latest of its donors. Texts are
+//! hashed as the SQL hashes them (sha256 of the whole text as UTF-8, a NULL
+//! text as the empty one), so a test's hashes are the database's.
 
 #[cfg(test)]
 mod tests;
 
 mod batches;
 mod documents;
+mod provenance;
 mod runs;
 mod state;
+mod vectors;
+
+pub use provenance::ProvenanceInfo;
 
 use super::model::*;
 use super::postgrest::FETCH_MAX_BYTES;
@@ -80,8 +87,18 @@ impl MemoryStore {
         );
     }
 
+    /// Changes a document's text behind the run's back, as an editor would:
+    /// its vector and provenance stay, so the vector is now stale.
+    pub fn set_content(&self, id: DocumentId, content: Option<&str>) {
+        if let Some(row) = self.state().documents.get_mut(&id) {
+            row.content = content.map(str::to_owned);
+        }
+    }
+
     /// Sets or clears a vector behind the run's back, as another writer
-    /// would: the race that "only rows still lacking a vector" guards.
+    /// would: the race that "only rows still needing a vector" guards. Its
+    /// provenance, if any, stays what it was, as no writer but the SQL
+    /// functions touches `backfill_provenance`.
     pub fn set_embedding(&self, id: DocumentId, embedding: Option<Vec<f32>>) {
         if let Some(row) = self.state().documents.get_mut(&id) {
             row.embedding = embedding;
@@ -94,6 +111,11 @@ impl MemoryStore {
             .documents
             .get(&id)
             .and_then(|row| row.embedding.clone())
+    }
+
+    /// The provenance recorded for the document's vector, if any.
+    pub fn provenance_of(&self, id: DocumentId) -> Option<ProvenanceInfo> {
+        self.state().provenance.get(&id).map(|p| p.info())
     }
 
     /// The batch's row, which no [`Store`] call returns whole.
@@ -132,31 +154,44 @@ impl Store for MemoryStore {
 
     async fn page(
         &self,
+        selection: &Selection,
         archive: Option<&str>,
         after: Option<DocumentId>,
         max_rows: u32,
     ) -> Result<Page, StoreError> {
-        self.state().page(archive, after, max_rows)
+        self.state().page(selection, archive, after, max_rows)
     }
 
     async fn fetch_missing(
         &self,
+        selection: &Selection,
+        run: Option<RunId>,
         ids: &[DocumentId],
         after: Option<DocumentId>,
-        max_chars: usize,
+        max_chars: Option<usize>,
     ) -> Result<Fetched, StoreError> {
-        Ok(self
-            .state()
-            .fetch_missing(ids, after, max_chars, self.fetch_budget))
+        self.state()
+            .fetch_missing(selection, run, ids, after, max_chars, self.fetch_budget)
     }
 
     async fn coverage_step(
         &self,
+        spec: &VectorSpec,
         archive: Option<&str>,
         after: Option<DocumentId>,
         max_rows: u32,
     ) -> Result<CoverageStep, StoreError> {
-        self.state().coverage_step(archive, after, max_rows)
+        self.state().coverage_step(spec, archive, after, max_rows)
+    }
+
+    async fn adopt_step(
+        &self,
+        spec: &VectorSpec,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<AdoptStep, StoreError> {
+        self.state().adopt_step(spec, archive, after, max_rows)
     }
 
     async fn create_run(
@@ -223,6 +258,10 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> Result<BatchStart, StoreError> {
         Ok(self.state().begin_batch(run, seq, receive_count, lease))
+    }
+
+    async fn copy_vectors(&self, run: RunId, seq: BatchSeq) -> Result<Copied, StoreError> {
+        self.state().copy_vectors(run, seq)
     }
 
     async fn write_vectors(

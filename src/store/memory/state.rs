@@ -1,23 +1,29 @@
 //! What the SQL tables hold, and the helpers the functions share: the
-//! rows, a run's counters and its batches, and the bookkeeping
-//! (`backfill_settle_run`, `backfill_reopen_run`, `backfill_uncount_batch`)
-//! more than one function calls.
+//! rows and their vectors' provenance, a run's counters and its batches,
+//! and the bookkeeping (`backfill_settle_run`, `backfill_reopen_run`,
+//! `backfill_uncount_batch`) more than one function calls.
 
+use super::provenance::Provenance;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::store::model::*;
 use crate::store::StoreError;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub(super) struct State {
     pub(super) documents: BTreeMap<DocumentId, Row>,
+    /// `backfill_provenance` of the one target: a table of its own, keyed by
+    /// id, which neither replacing a row nor another writer's vector touches.
+    pub(super) provenance: BTreeMap<DocumentId, Provenance>,
     /// In creation order, which breaks ties of `created_at`.
     pub(super) runs: Vec<Run>,
+    /// The last provenance's `embedded_at` handed out (see [`State::stamp`]).
+    stamped: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -49,6 +55,10 @@ pub(super) struct Run {
     pub(super) documents_skipped: u64,
     pub(super) documents_failed: u64,
     pub(super) tokens_used: u64,
+    /// Of the documents embedded, copies of another row's vector, and the
+    /// tokens they did not cost.
+    pub(super) documents_copied: u64,
+    pub(super) tokens_saved: u64,
     pub(super) tokens_billed: u64,
     pub(super) estimated_tokens: u64,
     pub(super) price_per_million_tokens: f64,
@@ -68,8 +78,11 @@ pub(super) struct Batch {
     pub(super) state: BatchState,
     pub(super) attempts: u32,
     pub(super) documents_embedded: u64,
-    /// Rows chunks wrote, not yet in the run's counters.
+    /// Rows chunks and copies wrote, not yet in the run's counters; of
+    /// them, the copies and the tokens those saved.
     pub(super) documents_written: u64,
+    pub(super) documents_copied: u64,
+    pub(super) tokens_saved: u64,
     pub(super) documents_skipped: u64,
     pub(super) documents_failed: u64,
     pub(super) failed_documents: Vec<FailedDocument>,
@@ -122,25 +135,6 @@ pub(super) fn check_vectors(function: &str, vectors: &[VectorRow<'_>]) -> Result
     Ok(())
 }
 
-/// `backfill_set_vectors`: writes to those of `ids` that still lack a vector.
-pub(super) fn set_vectors(
-    documents: &mut BTreeMap<DocumentId, Row>,
-    vectors: &[VectorRow<'_>],
-    ids: &[DocumentId],
-) -> u64 {
-    let ids: HashSet<DocumentId> = ids.iter().copied().collect();
-    let mut written = 0;
-    for v in vectors.iter().filter(|v| ids.contains(&v.id)) {
-        if let Some(row) = documents.get_mut(&v.id) {
-            if row.embedding.is_none() {
-                row.embedding = Some(v.embedding.to_vec());
-                written += 1;
-            }
-        }
-    }
-    written
-}
-
 pub(super) fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     let secs = (lease.as_secs_f64().ceil() as i64).max(1);
     TimeDelta::try_seconds(secs)
@@ -167,6 +161,8 @@ impl Run {
             documents_skipped: self.documents_skipped,
             documents_failed: self.documents_failed,
             tokens_used: self.tokens_used,
+            documents_copied: self.documents_copied,
+            tokens_saved: self.tokens_saved,
             tokens_billed: self.tokens_billed,
             estimated_tokens: self.estimated_tokens,
             estimated_cost_usd: self.estimated_tokens as f64 * per_token,
@@ -243,5 +239,18 @@ impl State {
 
     pub(super) fn run_mut(&mut self, id: RunId) -> Option<&mut Run> {
         self.runs.iter_mut().find(|r| r.id == id)
+    }
+
+    /// `now()` of a call that writes provenance: the clock, but always
+    /// after the last call's (by a microsecond, the database's resolution),
+    /// so the latest of two donors written by two calls is never in doubt.
+    pub(super) fn stamp(&mut self) -> DateTime<Utc> {
+        let now = Utc::now();
+        let now = match self.stamped {
+            Some(last) if now <= last => last + TimeDelta::microseconds(1),
+            _ => now,
+        };
+        self.stamped = Some(now);
+        now
     }
 }

@@ -41,6 +41,7 @@ impl Store for PostgrestStore {
 
     async fn page(
         &self,
+        selection: &Selection,
         archive: Option<&str>,
         after: Option<DocumentId>,
         max_rows: u32,
@@ -50,6 +51,7 @@ impl Store for PostgrestStore {
                 "backfill_page_documents",
                 &json!({
                     "p_target": self.target,
+                    "p_spec": selection,
                     "p_archive": archive,
                     "p_after_id": after,
                     "p_max_rows": max_rows,
@@ -60,15 +62,19 @@ impl Store for PostgrestStore {
 
     async fn fetch_missing(
         &self,
+        selection: &Selection,
+        run: Option<RunId>,
         ids: &[DocumentId],
         after: Option<DocumentId>,
-        max_chars: usize,
+        max_chars: Option<usize>,
     ) -> Result<Fetched, StoreError> {
         self.rest
             .rpc(
                 "backfill_fetch_documents",
                 &json!({
                     "p_target": self.target,
+                    "p_spec": selection,
+                    "p_run_id": run,
                     "p_ids": ids,
                     "p_after_id": after,
                     "p_max_chars": max_chars,
@@ -80,6 +86,7 @@ impl Store for PostgrestStore {
 
     async fn coverage_step(
         &self,
+        spec: &VectorSpec,
         archive: Option<&str>,
         after: Option<DocumentId>,
         max_rows: u32,
@@ -89,6 +96,28 @@ impl Store for PostgrestStore {
                 "backfill_coverage",
                 &json!({
                     "p_target": self.target,
+                    "p_spec": spec,
+                    "p_archive": archive,
+                    "p_after_id": after,
+                    "p_max_rows": max_rows,
+                }),
+            )
+            .await
+    }
+
+    async fn adopt_step(
+        &self,
+        spec: &VectorSpec,
+        archive: Option<&str>,
+        after: Option<DocumentId>,
+        max_rows: u32,
+    ) -> Result<AdoptStep, StoreError> {
+        self.rest
+            .rpc(
+                "backfill_adopt",
+                &json!({
+                    "p_target": self.target,
+                    "p_spec": spec,
                     "p_archive": archive,
                     "p_after_id": after,
                     "p_max_rows": max_rows,
@@ -214,6 +243,15 @@ impl Store for PostgrestStore {
                     "p_receive_count": receive_count,
                     "p_lease_seconds": lease.as_secs_f64().ceil() as u64,
                 }),
+            )
+            .await
+    }
+
+    async fn copy_vectors(&self, run: RunId, seq: BatchSeq) -> Result<Copied, StoreError> {
+        self.rest
+            .rpc(
+                "backfill_copy_vectors",
+                &json!({ "p_target": self.target, "p_run_id": run, "p_seq": seq }),
             )
             .await
     }

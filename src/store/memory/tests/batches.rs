@@ -245,13 +245,10 @@ async fn a_bad_vector_or_a_missing_batch_changes_nothing() {
     let run = dispatched(&store, &[&[1, 2]]).await;
     let nan = [f32::NAN];
     let rows = [
+        vector(1, "text 1"),
         VectorRow {
-            id: d(1),
-            embedding: &V,
-        },
-        VectorRow {
-            id: d(2),
             embedding: &nan,
+            ..vector(2, "text 2")
         },
     ];
     let err = store
