@@ -102,6 +102,17 @@ class Standin:
         self.proc.wait()
 
 
+def seed_corpus():
+    """The corpus, seeded afresh: amended texts of an earlier re-embedding
+    section are put back."""
+    have, amended = sql(f"SELECT count(*), count(*) FILTER (WHERE content LIKE '%(endret ved lov %') "
+                        f"FROM lovdata_documents WHERE archive = '{ARCHIVE}'").split("|")
+    if int(have) != N or int(amended) > 0:
+        sql(f"DELETE FROM lovdata_documents WHERE archive = '{ARCHIVE}'")
+        subprocess.run([str(REL / "seed-docs"), "--archive", ARCHIVE, "--count", str(N), "--seed", "20"],
+                       env=ENV, check=True, capture_output=True)
+
+
 def reset_vectors():
     sql(f"UPDATE lovdata_documents SET embedding = NULL WHERE archive = '{ARCHIVE}' AND embedding IS NOT NULL")
     sql("DELETE FROM backfill_provenance p USING lovdata_documents d "
@@ -121,6 +132,7 @@ def reembed():
     run = [str(REL / "backfill"), "run", "--archive", ARCHIVE, "--concurrency", "16", "--json", "--force"]
     rows = []
     try:
+        seed_corpus()
         reset_vectors()
         timed([run], env)
         sql(f"UPDATE lovdata_documents SET content = content || ' (endret ved lov {os.getpid()})' "
@@ -398,11 +410,7 @@ def main():
     for b in ["backfill", "worker", "openai-standin", "seed-docs", "baseline", "tokenizer-bench"]:
         if not (REL / b).exists():
             sys.exit(f"bench: build first: cargo build --release --bins ({b} missing)")
-    have = int(sql(f"SELECT count(*) FROM lovdata_documents WHERE archive = '{ARCHIVE}'"))
-    if have != N:
-        sql(f"DELETE FROM lovdata_documents WHERE archive = '{ARCHIVE}'")
-        subprocess.run([str(REL / "seed-docs"), "--archive", ARCHIVE, "--count", str(N), "--seed", "20"],
-                       env=ENV, check=True, capture_output=True)
+    seed_corpus()
     tokens = sql(f"SELECT count(*) FROM lovdata_documents WHERE archive = '{ARCHIVE}' AND btrim(content) <> ''")
     results = [setting(f"TPM limit {TPM:,} (enforced by the stand-in; the pipeline is told the same budget)",
                        ["--tpm", str(TPM)], TPM),
