@@ -46,6 +46,15 @@ pub struct Config {
     pub rpm: Option<u64>,
     pub error_rate: f64,
     pub seed: u64,
+    /// Batch API: time from a batch's creation to its completion; zero
+    /// completes it when it is first looked at after its creation.
+    pub batch_complete_after: Duration,
+    /// Batch API: share of each batch's lines left unfinished, so the batch
+    /// ends `expired` and those lines get `batch_expired` (0: none expire).
+    pub batch_expire_share: f64,
+    /// Batch API: queued prompt tokens a model may have in unfinished batches;
+    /// a batch beyond it fails with `token_limit_exceeded` (none by default).
+    pub batch_queue_tokens: Option<u64>,
 }
 
 impl std::fmt::Debug for Config {
@@ -58,6 +67,9 @@ impl std::fmt::Debug for Config {
             .field("rpm", &self.rpm)
             .field("error_rate", &self.error_rate)
             .field("seed", &self.seed)
+            .field("batch_complete_after", &self.batch_complete_after)
+            .field("batch_expire_share", &self.batch_expire_share)
+            .field("batch_queue_tokens", &self.batch_queue_tokens)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +85,9 @@ impl Default for Config {
             rpm: None,
             error_rate: 0.0,
             seed: 42,
+            batch_complete_after: Duration::ZERO,
+            batch_expire_share: 0.0,
+            batch_queue_tokens: None,
         }
     }
 }
@@ -122,13 +137,19 @@ impl Bucket {
 }
 
 #[derive(Debug, Default)]
-struct Stats {
+pub(crate) struct Stats {
     requests: AtomicU64,
     inputs: AtomicU64,
     tokens: AtomicU64,
     status_429: AtomicU64,
     status_4xx: AtomicU64,
     status_5xx: AtomicU64,
+    /// Batch API: batches created, lines answered (through [`embed`]), lines
+    /// left unfinished by an expiry, files uploaded.
+    pub(crate) batches: AtomicU64,
+    pub(crate) batch_lines: AtomicU64,
+    pub(crate) batch_expired_lines: AtomicU64,
+    pub(crate) batch_files: AtomicU64,
 }
 
 struct Limits {
@@ -136,11 +157,12 @@ struct Limits {
     tpm: Option<Bucket>,
 }
 
-struct AppState {
-    config: Config,
+pub(crate) struct AppState {
+    pub(crate) config: Config,
     limits: Mutex<Limits>,
     rng: Mutex<StdRng>,
-    stats: Stats,
+    pub(crate) stats: Stats,
+    pub(crate) batches: crate::batch::Batches,
 }
 
 pub fn router(config: Config) -> Router {
@@ -150,6 +172,7 @@ pub fn router(config: Config) -> Router {
             tpm: config.tpm.map(Bucket::new),
         }),
         rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+        batches: crate::batch::Batches::new(config.seed),
         config,
         stats: Stats::default(),
     });
@@ -163,6 +186,7 @@ pub fn router(config: Config) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset_stats))
+        .merge(crate::batch::routes())
         .with_state(state)
 }
 
@@ -171,7 +195,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io
     axum::serve(listener, router(config)).await
 }
 
-fn error(
+pub(crate) fn error(
     status: StatusCode,
     message: &str,
     kind: &str,
@@ -185,7 +209,7 @@ fn error(
         .into_response()
 }
 
-fn invalid(message: &str) -> Response {
+pub(crate) fn invalid(message: &str) -> Response {
     error(
         StatusCode::BAD_REQUEST,
         message,
@@ -277,11 +301,20 @@ async fn handle(
             return refused;
         }
     }
-    embed(state, body, deployment).await
+    embed(state, body, deployment, Metering::Sync).await
+}
+
+/// Whether a request is charged against the per-minute limits and waits out
+/// the configured latency (synchronous calls), or is a line of a batch, which
+/// OpenAI meters in its own queued-token pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Metering {
+    Sync,
+    Batch,
 }
 
 /// OpenAI's 401s for a missing or wrong bearer key.
-fn check_bearer(cfg: &Config, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn check_bearer(cfg: &Config, headers: &HeaderMap) -> Option<Response> {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -315,8 +348,14 @@ fn check_bearer(cfg: &Config, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
-/// The embeddings themselves, after the route checked the key.
-async fn embed(state: &AppState, body: &[u8], deployment: Option<String>) -> Response {
+/// The embeddings themselves, after the route checked the key. Batch lines
+/// come here too, so their vectors and faults are the synchronous ones.
+pub(crate) async fn embed(
+    state: &AppState,
+    body: &[u8],
+    deployment: Option<String>,
+    metering: Metering,
+) -> Response {
     let cfg = &state.config;
     if cfg.error_rate > 0.0 {
         let mut rng = state.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -433,9 +472,12 @@ async fn embed(state: &AppState, body: &[u8], deployment: Option<String>) -> Res
             Some("insufficient_quota"),
         );
     }
-    let limit_headers = match take_limits(state, total as f64, &model) {
-        Ok(h) => h,
-        Err(r) => return *r,
+    let limit_headers = match metering {
+        Metering::Sync => match take_limits(state, total as f64, &model) {
+            Ok(h) => h,
+            Err(r) => return *r,
+        },
+        Metering::Batch => Vec::new(),
     };
     if let Some(i) = inputs.iter().position(|s| s.contains("[[fail:400]]")) {
         return with_headers(
@@ -469,7 +511,10 @@ async fn embed(state: &AppState, body: &[u8], deployment: Option<String>) -> Res
             .insert("retry-after-ms", HeaderValue::from_static("1000"));
         return with_headers(r, &limit_headers);
     }
-    let delay = cfg.latency + cfg.latency_per_1k_tokens.mul_f64(total as f64 / 1000.0);
+    let delay = match metering {
+        Metering::Sync => cfg.latency + cfg.latency_per_1k_tokens.mul_f64(total as f64 / 1000.0),
+        Metering::Batch => Duration::ZERO,
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -608,6 +653,10 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
         "status_429": s.status_429.load(Ordering::Relaxed),
         "status_4xx": s.status_4xx.load(Ordering::Relaxed),
         "status_5xx": s.status_5xx.load(Ordering::Relaxed),
+        "batches": s.batches.load(Ordering::Relaxed),
+        "batch_lines": s.batch_lines.load(Ordering::Relaxed),
+        "batch_expired_lines": s.batch_expired_lines.load(Ordering::Relaxed),
+        "batch_files": s.batch_files.load(Ordering::Relaxed),
     }))
 }
 
@@ -620,6 +669,10 @@ async fn reset_stats(State(state): State<Arc<AppState>>) -> StatusCode {
         &s.status_429,
         &s.status_4xx,
         &s.status_5xx,
+        &s.batches,
+        &s.batch_lines,
+        &s.batch_expired_lines,
+        &s.batch_files,
     ] {
         c.store(0, Ordering::Relaxed);
     }
@@ -627,7 +680,7 @@ async fn reset_stats(State(state): State<Arc<AppState>>) -> StatusCode {
 }
 
 /// FNV-1a, 64 bit: stable across runs and platforms, unlike std's hasher.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {

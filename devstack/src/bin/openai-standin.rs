@@ -9,8 +9,8 @@ use std::time::Duration;
 #[command(
     name = "openai-standin",
     version,
-    about = "OpenAI-compatible /v1/embeddings server for tests, demos and benchmarks",
-    after_help = "Fault markers: an input containing [[fail:400]] is rejected with 400, [[fail:429]] gets a 429 rate_limit_exceeded, [[fail:quota]] a 429 insufficient_quota, [[fail:500]] a 500. A model it does not serve gets 404 model_not_found."
+    about = "OpenAI-compatible /v1/embeddings server, with the Batch API (/v1/files, /v1/batches), for tests, demos and benchmarks",
+    after_help = "Fault markers: an input containing [[fail:400]] is rejected with 400, [[fail:429]] gets a 429 rate_limit_exceeded, [[fail:quota]] a 429 insufficient_quota, [[fail:500]] a 500. A model it does not serve gets 404 model_not_found. In a batch, a marker fails its line only, which goes to the batch's error file; output lines come in a shuffled order seeded by --seed."
 )]
 struct Args {
     /// Address to listen on
@@ -37,9 +37,21 @@ struct Args {
     /// Share of requests answered 500 or 503 at random
     #[arg(long, env = "STANDIN_ERROR_RATE", default_value_t = 0.0)]
     error_rate: f64,
-    /// Seed of the random faults
+    /// Seed of the random faults, ids and the order of batch output lines
     #[arg(long, env = "STANDIN_SEED", default_value_t = 42)]
     seed: u64,
+    /// Batch API: milliseconds from a batch's creation to its completion (0:
+    /// it completes when it is first retrieved)
+    #[arg(long, env = "STANDIN_BATCH_COMPLETE_MS", default_value_t = 0)]
+    batch_complete_ms: u64,
+    /// Batch API: share of every batch's lines left unfinished, so the batch
+    /// ends `expired` and those lines get `batch_expired` errors (0: none)
+    #[arg(long, env = "STANDIN_BATCH_EXPIRE_SHARE", default_value_t = 0.0)]
+    batch_expire_share: f64,
+    /// Batch API: queued prompt tokens per model in unfinished batches before a
+    /// new batch fails with `token_limit_exceeded` (none by default)
+    #[arg(long, env = "STANDIN_BATCH_QUEUE_TOKENS")]
+    batch_queue_tokens: Option<u64>,
 }
 
 #[tokio::main]
@@ -54,6 +66,10 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.error_rate),
         "--error-rate must be between 0 and 1"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.batch_expire_share),
+        "--batch-expire-share must be between 0 and 1"
     );
     anyhow::ensure!(args.dimensions > 0, "--dimensions must be at least 1");
     anyhow::ensure!(!args.api_key.is_empty(), "--api-key must not be empty");
@@ -70,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
         rpm: args.rpm,
         error_rate: args.error_rate,
         seed: args.seed,
+        batch_complete_after: Duration::from_millis(args.batch_complete_ms),
+        batch_expire_share: args.batch_expire_share,
+        batch_queue_tokens: args.batch_queue_tokens,
     };
     standin::serve(listener, config).await?;
     Ok(())
