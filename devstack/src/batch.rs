@@ -583,7 +583,8 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
+/// The Batch API's routes, each behind the key check of `/v1/embeddings`.
+pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route(
             "/v1/files",
@@ -594,6 +595,18 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/batches", post(create_batch).get(list_batches))
         .route("/v1/batches/{id}", get(retrieve_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_key))
+}
+
+async fn require_key(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match standin::check_bearer(&state.config, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
 }
 
 fn missing_param(name: &str) -> Response {
@@ -641,9 +654,6 @@ async fn upload_file(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -693,28 +703,14 @@ async fn upload_file(
     Json(out).into_response()
 }
 
-async fn retrieve_file(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
+async fn retrieve_file(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.batches.lock().files.get(&id) {
         Some(f) => Json(f.to_json()).into_response(),
         None => no_file(&id),
     }
 }
 
-async fn file_content(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
+async fn file_content(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let data = state.batches.lock().files.get(&id).map(|f| f.data.clone());
     match data {
         Some(d) => ([(header::CONTENT_TYPE, "application/octet-stream")], d).into_response(),
@@ -722,14 +718,7 @@ async fn file_content(
     }
 }
 
-async fn delete_file(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
+async fn delete_file(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match state.batches.lock().files.remove(&id) {
         Some(_) => Json(json!({"id": id, "object": "file", "deleted": true})).into_response(),
         None => no_file(&id),
@@ -780,14 +769,7 @@ struct CreateBatch {
     metadata: Value,
 }
 
-async fn create_batch(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
+async fn create_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let req: CreateBatch = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -1055,28 +1037,14 @@ async fn observe(state: &AppState, id: &str) -> Option<Value> {
     Some(b.to_json())
 }
 
-async fn retrieve_batch(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
+async fn retrieve_batch(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match observe(&state, &id).await {
         Some(b) => Json(b).into_response(),
         None => no_batch(&id),
     }
 }
 
-async fn cancel_batch(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
+async fn cancel_batch(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let mut inner = state.batches.lock();
     let Some(b) = inner.batch(&id) else {
         return no_batch(&id);
@@ -1133,11 +1101,7 @@ pub fn page<'a>(
 async fn list_batches(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = standin::check_bearer(&state.config, &headers) {
-        return refused;
-    }
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => 20,
         Some(Ok(n)) if (1..=100).contains(&n) => n,

@@ -186,7 +186,7 @@ pub fn router(config: Config) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset_stats))
-        .merge(crate::batch::routes())
+        .merge(crate::batch::routes(state.clone()))
         .with_state(state)
 }
 
