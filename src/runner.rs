@@ -149,18 +149,52 @@ pub async fn consume<Q: Queue + ?Sized>(
     // A batch's lease ends with the message's visibility timeout, so the
     // message the queue brings back after a crash finds its batch free.
     let capped;
-    let worker = match queue.visibility_timeout().await {
+    let (worker, visibility) = match queue.visibility_timeout().await {
         Ok(Some(visibility)) => {
             capped = worker.clone().with_lease_cap(visibility);
-            &capped
+            (&capped, Some(visibility))
         }
-        Ok(None) => worker,
+        Ok(None) => (worker, None),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the queue's visibility timeout; batches are leased until each delivery's deadline");
-            worker
+            (worker, None)
         }
     };
-    consume_with(worker, queue, opts).await
+    consume_with(worker, queue, opts, visibility).await
+}
+
+/// Runs `work` while keeping `receipts` hidden, for a queue whose visibility
+/// timeout is shorter than an event may take: otherwise the queue hands the
+/// messages to a second consumer mid-work, which then spends the same rate
+/// budget again, and each such delivery counts towards the dead-letter queue.
+/// A crashed consumer stops renewing, so its messages still come back after
+/// one visibility timeout.
+async fn keeping_hidden<Q: Queue + ?Sized, T>(
+    queue: &Q,
+    receipts: &[String],
+    visibility: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = (visibility / 2).max(Duration::from_millis(500));
+    let renew: Vec<(String, Settle)> = receipts
+        .iter()
+        .map(|r| (r.clone(), Settle::RedeliverAfter(visibility)))
+        .collect();
+    let renewing = async {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = queue.settle(&renew).await {
+                tracing::warn!(error = %e, "cannot extend the messages' visibility; the queue may deliver them again, and their batches' leases turn the second delivery away");
+                return;
+            }
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        out = &mut work => out,
+        () = renewing => work.await,
+    }
 }
 
 /// The one loop, over any handler so that its logic is tested without a stack.
@@ -168,7 +202,9 @@ async fn consume_with<Q: Queue + ?Sized, H: Handler>(
     handler: &H,
     queue: &Q,
     opts: &ConsumeOptions,
+    visibility: Option<Duration>,
 ) -> Result<Tally, QueueError> {
+    let renew_every_event = visibility.filter(|v| *v < opts.message_timeout);
     let stop = AtomicBool::new(false);
     let reached = AtomicBool::new(false);
     let loops = (0..opts.concurrency.max(1)).map(|_| async {
@@ -204,7 +240,11 @@ async fn consume_with<Q: Queue + ?Sized, H: Handler>(
             let (messages, receipts): (Vec<_>, Vec<_>) =
                 received.into_iter().map(|r| (r.message, r.receipt)).unzip();
             let deadline = Instant::now() + opts.message_timeout;
-            let results = handler.handle_event(&messages, deadline).await;
+            let work = handler.handle_event(&messages, deadline);
+            let results = match renew_every_event {
+                Some(visibility) => keeping_hidden(queue, &receipts, visibility, work).await,
+                None => work.await,
+            };
             let settled: Vec<(String, Settle)> = receipts
                 .into_iter()
                 .zip(messages.iter().zip(results))

@@ -97,7 +97,7 @@ async fn transient_failures_come_back_after_doubling_delays() {
     let queue = queue_of(2, true).await;
     let flaky = Flaky::new(2, transient);
     let started = Instant::now();
-    let tally = consume_with(&flaky, &queue, &options(false, REDELIVER))
+    let tally = consume_with(&flaky, &queue, &options(false, REDELIVER), None)
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(1 + 2));
@@ -118,7 +118,7 @@ async fn transient_failures_come_back_after_doubling_delays() {
 async fn failures_past_the_receive_limit_or_for_good_are_deleted_as_failed() {
     let queue = queue_of(2, true).await;
     let always = Flaky::new(u32::MAX, transient);
-    let tally = consume_with(&always, &queue, &options(false, REDELIVER))
+    let tally = consume_with(&always, &queue, &options(false, REDELIVER), None)
         .await
         .unwrap();
     assert_eq!(always.seen(), [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
@@ -131,7 +131,7 @@ async fn failures_past_the_receive_limit_or_for_good_are_deleted_as_failed() {
     let queue = queue_of(2, true).await;
     let broken = Flaky::new(u32::MAX, permanent);
     let started = Instant::now();
-    let tally = consume_with(&broken, &queue, &options(false, REDELIVER))
+    let tally = consume_with(&broken, &queue, &options(false, REDELIVER), None)
         .await
         .unwrap();
     assert_eq!(broken.seen(), [1, 1], "a permanent failure came back");
@@ -145,7 +145,7 @@ async fn until_empty_stops_at_an_empty_receive_and_leave_leaves_failures_to_the_
     let queue = queue_of(3, false).await;
     let flaky = Flaky::new(1, permanent);
     let started = Instant::now();
-    let tally = consume_with(&flaky, &queue, &options(true, OnFailure::Leave))
+    let tally = consume_with(&flaky, &queue, &options(true, OnFailure::Leave), None)
         .await
         .unwrap();
     // Left messages come back when the queue says: at once, here.
@@ -167,7 +167,7 @@ async fn without_until_empty_the_loop_outlasts_empty_receives_until_the_queue_dr
         Instant::now()
     };
     let opts = options(false, REDELIVER);
-    let (tally, closed_at) = tokio::join!(consume_with(&flaky, &queue, &opts), feed);
+    let (tally, closed_at) = tokio::join!(consume_with(&flaky, &queue, &opts, None), feed);
     assert_eq!(tally.unwrap().succeeded, 1);
     assert_eq!(
         Instant::now(),
@@ -229,7 +229,9 @@ async fn receive_failures_are_ridden_out_only_after_the_queue_has_answered() {
         failing: vec![1],
         calls: Mutex::new(0),
     };
-    let err = consume_with(&flaky, &never, &single).await.unwrap_err();
+    let err = consume_with(&flaky, &never, &single, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, QueueError::Receive { .. }), "{err}");
 
     let flickering = Flickering {
@@ -238,8 +240,106 @@ async fn receive_failures_are_ridden_out_only_after_the_queue_has_answered() {
         calls: Mutex::new(0),
     };
     single.batch_size = 1;
-    let tally = consume_with(&flaky, &flickering, &single).await.unwrap();
+    let tally = consume_with(&flaky, &flickering, &single, None)
+        .await
+        .unwrap();
     assert_eq!(tally.succeeded, 2);
     // One message, three failures ridden out, the other message, drained.
     assert_eq!(*flickering.calls.lock().unwrap(), 6);
+}
+
+/// Takes 23 seconds over each event, then succeeds.
+struct Slow;
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle_event(
+        &self,
+        messages: &[IncomingMessage],
+        _deadline: Instant,
+    ) -> Vec<Result<BatchReport, WorkerError>> {
+        tokio::time::sleep(Duration::from_secs(23)).await;
+        messages
+            .iter()
+            .map(|_| Ok(BatchReport::default()))
+            .collect()
+    }
+}
+
+/// Remembers every settle it passes on, with when it came.
+struct Recording {
+    inner: MemoryQueue,
+    settles: Mutex<Vec<(Duration, Settle)>>,
+    started: Instant,
+}
+
+#[async_trait]
+impl Queue for Recording {
+    async fn send(&self, messages: &[BatchMessage]) -> Result<(), QueueError> {
+        self.inner.send(messages).await
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, QueueError> {
+        self.inner.receive(max, wait).await
+    }
+
+    async fn settle(&self, settled: &[(String, Settle)]) -> Result<(), QueueError> {
+        let at = self.started.elapsed();
+        self.settles
+            .lock()
+            .unwrap()
+            .extend(settled.iter().map(|(_, s)| (at, *s)));
+        // The memory queue would treat a renewal as a redelivery.
+        let ends: Vec<_> = settled
+            .iter()
+            .filter(|(_, s)| !matches!(s, Settle::RedeliverAfter(_)))
+            .cloned()
+            .collect();
+        self.inner.settle(&ends).await
+    }
+
+    async fn visibility_timeout(&self) -> Result<Option<Duration>, QueueError> {
+        self.inner.visibility_timeout().await
+    }
+
+    fn is_drained(&self) -> bool {
+        self.inner.is_drained()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_stay_hidden_while_an_event_outlasts_the_visibility_timeout() {
+    let mut opts = options(true, OnFailure::Leave);
+    opts.concurrency = 1;
+    let queue = Recording {
+        inner: queue_of(2, true).await,
+        settles: Mutex::new(Vec::new()),
+        started: Instant::now(),
+    };
+    let visibility = Duration::from_secs(10);
+    let tally = consume_with(&Slow, &queue, &opts, Some(visibility))
+        .await
+        .unwrap();
+    assert_eq!(tally.succeeded, 2);
+    let secs = |s: u64| Duration::from_secs(s);
+    let renew = Settle::RedeliverAfter(visibility);
+    let mut expected: Vec<(Duration, Settle)> = [5, 5, 10, 10, 15, 15, 20, 20]
+        .map(|s| (secs(s), renew))
+        .to_vec();
+    expected.extend([(secs(23), Settle::Delete), (secs(23), Settle::Delete)]);
+    assert_eq!(*queue.settles.lock().unwrap(), expected);
+
+    // A visibility timeout that outlasts the event needs no renewal.
+    let queue = Recording {
+        inner: queue_of(1, true).await,
+        settles: Mutex::new(Vec::new()),
+        started: Instant::now(),
+    };
+    consume_with(&Slow, &queue, &opts, Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        *queue.settles.lock().unwrap(),
+        vec![(secs(23), Settle::Delete)]
+    );
 }
