@@ -6,6 +6,7 @@ use crate::dispatch::{
     DispatchCommand, DispatchError, DispatchRequest, DispatchSummary, Dispatcher, EventError,
 };
 use crate::ids::RunId;
+use crate::jobs::{JobError, Poller, TickReport};
 use crate::queue::{IncomingMessage, Queue};
 use crate::store::Store;
 use crate::worker::Worker;
@@ -26,6 +27,10 @@ pub enum HandlerError {
     Dispatch(#[from] DispatchError),
     #[error("{0} message(s) without a messageId failed and cannot be reported one by one; the whole event is retried (already finished batches are skipped)")]
     UnreportableFailures(usize),
+    #[error("the poller's event must be a JSON object (an EventBridge scheduled event, or {{}}), not {0}")]
+    PollEvent(String),
+    #[error(transparent)]
+    Jobs(#[from] JobError),
 }
 
 /// What both Lambdas start from: a `.env` when there is one, logs as Lambda
@@ -121,6 +126,19 @@ pub async fn sqs_event(
         return Err(HandlerError::UnreportableFailures(unreportable));
     }
     Ok(response)
+}
+
+/// One tick of batch mode's poller. The schedule's event says nothing the
+/// poller needs; anything but an object is a mistaken invocation.
+pub async fn poll_event(
+    poller: &Poller,
+    event: Value,
+    deadline: Option<Instant>,
+) -> Result<TickReport, HandlerError> {
+    if !event.is_object() {
+        return Err(HandlerError::PollEvent(event.to_string()));
+    }
+    Ok(poller.tick(None, deadline).await?)
 }
 
 /// Lambda's deadline as a tokio instant. A deadline already past when the

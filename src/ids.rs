@@ -50,3 +50,15 @@ impl fmt::Display for BatchSeq {
         self.0.fmt(f)
     }
 }
+
+/// Position of a batch-mode job within its run: one input file and one
+/// Batch API batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobSeq(pub u32);
+
+impl fmt::Display for JobSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -4,6 +4,7 @@
 use crate::config::{ConfigError, EmbeddingConfig, Env};
 use crate::dispatch::Dispatcher;
 use crate::embedder::{self, EmbedError, Embedder};
+use crate::jobs::{JobError, Poller};
 use crate::queue::{Queue, SqsQueue};
 use crate::store::{LongText, PostgrestStore, Store, StoreError, VectorSpec};
 use crate::worker::Worker;
@@ -18,6 +19,8 @@ pub enum SetupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Jobs(#[from] JobError),
 }
 
 /// The documents and the status tables, over Supabase's REST API.
@@ -46,6 +49,32 @@ pub fn worker_from(
         Embedder::new(embedding)?,
         max_receive_count,
     ))
+}
+
+/// Batch mode's poller, with `worker` for the batches it embeds directly.
+/// Its client has no overall timeout: an input file of 200 MB takes a while
+/// to go up, and an output file to come down; a stalled read still ends it.
+pub fn poller<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    store: &Arc<dyn Store>,
+    worker: Worker,
+) -> Result<Poller, SetupError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(120))
+        .user_agent(concat!("embed-backfill/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| EmbedError::Transport {
+            url: "the Batch API".into(),
+            url_var: "OPENAI_BASE_URL",
+            reason: e.to_string(),
+        })?;
+    Ok(Poller::new(
+        store.clone(),
+        worker,
+        http,
+        env.batch_queue_tokens()?,
+    )?)
 }
 
 /// The provider's limits, tokenizer and prices; its key is not needed to dispatch.

@@ -3,11 +3,11 @@
 //! dispatched into a [`MemoryStore`] and a [`MemoryQueue`].
 
 use crate::config::{EmbeddingConfig, Env};
-use crate::dispatch::{DispatchOptions, Dispatcher, DEFAULT_EMBEDDING_BATCH_SIZE};
+use crate::dispatch::{DispatchOptions, Dispatcher, DEFAULT_EMBEDDING_BATCH_SIZE, MAX_JOB_SIZE};
 use crate::embedder::{self, Embedder};
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::queue::{BatchMessage, IncomingMessage, MemoryQueue, Queue, Settle, MESSAGE_VERSION};
-use crate::store::{LongText, MemoryStore, Select, Store};
+use crate::store::{LongText, MemoryStore, Mode, Select, Store};
 use crate::worker::Worker;
 use devstack::standin;
 use std::collections::HashMap;
@@ -91,6 +91,8 @@ pub fn options(archive: &str, batch_size: u32) -> DispatchOptions {
         embedding_batch_size: DEFAULT_EMBEDDING_BATCH_SIZE,
         select: Select::Missing,
         long_text: LongText::Truncate,
+        mode: Mode::Direct,
+        job_size: MAX_JOB_SIZE,
         dry_run: false,
         force: false,
     }

@@ -57,6 +57,9 @@ async fn openai_client_runs_lists_cancels_and_hits_the_limits() {
     assert_eq!(stats["batches"], 4, "{stats}");
     assert_eq!(stats["batch_lines"], 16, "{stats}");
     assert_eq!(stats["batch_expired_lines"], 0, "{stats}");
+    // The four batch files the script lists with purpose="batch" (the .txt
+    // upload is refused); output files are not uploads.
+    assert_eq!(stats["batch_files"], 4, "{stats}");
 }
 
 #[tokio::test]

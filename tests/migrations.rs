@@ -399,7 +399,7 @@ async fn run_through(url: &str) {
     let target = format!("'{target}'::jsonb");
     let run = uuid::Uuid::new_v4();
 
-    assert_eq!(call(&db, "public.backfill_schema_version()").await, 13);
+    assert_eq!(call(&db, "public.backfill_schema_version()").await, 14);
     let created = call(
         &db,
         &format!(

@@ -29,6 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -531,7 +532,9 @@ impl Batch {
 }
 
 struct Inner {
-    files: HashMap<String, StoredFile>,
+    /// In creation order, so files created in the same second still list in
+    /// a stable order.
+    files: Vec<StoredFile>,
     /// In creation order.
     batches: Vec<Batch>,
     rng: StdRng,
@@ -551,6 +554,10 @@ impl Inner {
     fn batch(&mut self, id: &str) -> Option<&mut Batch> {
         self.batches.iter_mut().find(|b| b.id == id)
     }
+
+    fn file(&self, id: &str) -> Option<&StoredFile> {
+        self.files.iter().find(|f| f.id == id)
+    }
 }
 
 /// The Batch API's files and batches, held by the stand-in's state.
@@ -563,7 +570,7 @@ impl Batches {
     pub(crate) fn new(seed: u64) -> Self {
         Self {
             inner: Mutex::new(Inner {
-                files: HashMap::new(),
+                files: Vec::new(),
                 batches: Vec::new(),
                 rng: StdRng::seed_from_u64(seed ^ 0xba7c_4ba7_c4ba_7c4b),
             }),
@@ -588,7 +595,9 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route(
             "/v1/files",
-            post(upload_file).layer(DefaultBodyLimit::max(MAX_FILE_BYTES + 1024 * 1024)),
+            post(upload_file)
+                .layer(DefaultBodyLimit::max(MAX_FILE_BYTES + 1024 * 1024))
+                .get(list_files),
         )
         .route("/v1/files/{id}", get(retrieve_file).delete(delete_file))
         .route("/v1/files/{id}/content", get(file_content))
@@ -698,20 +707,20 @@ async fn upload_file(
         data: Bytes::from(file.data.clone()),
     };
     let out = stored.to_json();
-    inner.files.insert(id, stored);
+    inner.files.push(stored);
     state.stats.batch_files.fetch_add(1, Ordering::Relaxed);
     Json(out).into_response()
 }
 
 async fn retrieve_file(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.batches.lock().files.get(&id) {
+    match state.batches.lock().file(&id) {
         Some(f) => Json(f.to_json()).into_response(),
         None => no_file(&id),
     }
 }
 
 async fn file_content(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let data = state.batches.lock().files.get(&id).map(|f| f.data.clone());
+    let data = state.batches.lock().file(&id).map(|f| f.data.clone());
     match data {
         Some(d) => ([(header::CONTENT_TYPE, "application/octet-stream")], d).into_response(),
         None => no_file(&id),
@@ -719,10 +728,71 @@ async fn file_content(State(state): State<Arc<AppState>>, Path(id): Path<String>
 }
 
 async fn delete_file(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.batches.lock().files.remove(&id) {
-        Some(_) => Json(json!({"id": id, "object": "file", "deleted": true})).into_response(),
+    let mut inner = state.batches.lock();
+    match inner.files.iter().position(|f| f.id == id) {
+        Some(i) => {
+            inner.files.remove(i);
+            Json(json!({"id": id, "object": "file", "deleted": true})).into_response()
+        }
         None => no_file(&id),
     }
+}
+
+#[derive(Deserialize)]
+struct FileListQuery {
+    purpose: Option<String>,
+    limit: Option<String>,
+    order: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/files`: OpenAI's defaults are all files (up to 10,000), newest
+/// first.
+async fn list_files(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<FileListQuery>,
+) -> Response {
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 10_000,
+        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return bad_param(
+                "limit",
+                "Invalid 'limit': expected an integer between 1 and 10000.",
+            )
+        }
+    };
+    let newest_first = match query.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return bad_param(
+                "order",
+                &format!("Invalid value: '{other}'. Supported values are: 'asc' and 'desc'."),
+            )
+        }
+    };
+    let inner = state.batches.lock();
+    let mut files: Vec<&StoredFile> = inner
+        .files
+        .iter()
+        .filter(|f| query.purpose.as_ref().is_none_or(|p| *p == f.purpose))
+        .collect();
+    if newest_first {
+        files.reverse();
+    }
+    let ids: Vec<&str> = files.iter().map(|f| f.id.as_str()).collect();
+    let (range, has_more) = page(&ids, query.after.as_deref(), limit);
+    let ids = &ids[range.clone()];
+    let data: Vec<Value> = files[range].iter().map(|f| f.to_json()).collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "first_id": ids.first(),
+        "last_id": ids.last(),
+        "has_more": has_more,
+    }))
+    .into_response()
 }
 
 /// Checks a create's `metadata`: up to 16 string pairs, keys up to 64
@@ -812,7 +882,7 @@ async fn create_batch(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
         return bad_param("metadata", &e);
     }
     let mut inner = state.batches.lock();
-    let (purpose, data) = match inner.files.get(&input_file_id) {
+    let (purpose, data) = match inner.file(&input_file_id) {
         Some(f) => (f.purpose.clone(), f.data.clone()),
         None => return no_file(&input_file_id),
     };
@@ -930,7 +1000,18 @@ async fn run(state: &AppState, batch_id: &str, plan: &Plan) -> Ran {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..plan.requests.len()).collect();
     order.shuffle(&mut rng);
-    let expired = expired_count(order.len(), state.config.batch_expire_share);
+    let created = state
+        .batches
+        .lock()
+        .batches
+        .iter()
+        .position(|b| b.id == batch_id)
+        .unwrap_or(0);
+    let share = match state.config.batch_expire_first {
+        Some(n) if created >= n => 0.0,
+        _ => state.config.batch_expire_share,
+    };
+    let expired = expired_count(order.len(), share);
     let (done, unfinished) = order.split_at(order.len() - expired);
     let mut ran = Ran {
         output: Vec::new(),
@@ -1007,16 +1088,13 @@ async fn observe(state: &AppState, id: &str) -> Option<Value> {
             return None;
         }
         let file_id = inner.id("file-", 22, false);
-        inner.files.insert(
-            file_id.clone(),
-            StoredFile {
-                id: file_id.clone(),
-                filename: format!("{id}_{kind}.jsonl"),
-                purpose: "batch_output".into(),
-                created_at: t,
-                data: Bytes::from(data),
-            },
-        );
+        inner.files.push(StoredFile {
+            id: file_id.clone(),
+            filename: format!("{id}_{kind}.jsonl"),
+            purpose: "batch_output".into(),
+            created_at: t,
+            data: Bytes::from(data),
+        });
         Some(file_id)
     };
     let output_file_id = store(&mut inner, ran.output, "output");
@@ -1079,23 +1157,19 @@ struct ListQuery {
     after: Option<String>,
 }
 
-/// The ids of a list page, newest first: `limit` of them after `after`, and
-/// whether more follow.
-pub fn page<'a>(
-    newest_first: &[&'a str],
-    after: Option<&str>,
-    limit: usize,
-) -> (Vec<&'a str>, bool) {
+/// Where a list page lies in `ordered` (ids in the list's order): `limit` of
+/// them after `after`, and whether more follow. An unknown cursor gives an
+/// empty page.
+pub fn page(ordered: &[&str], after: Option<&str>, limit: usize) -> (Range<usize>, bool) {
     let start = match after {
         None => 0,
-        Some(a) => match newest_first.iter().position(|id| *id == a) {
+        Some(a) => match ordered.iter().position(|id| *id == a) {
             Some(i) => i + 1,
-            None => newest_first.len(),
+            None => ordered.len(),
         },
     };
-    let rest = &newest_first[start..];
-    let take = rest.len().min(limit);
-    (rest[..take].to_vec(), rest.len() > take)
+    let end = ordered.len().min(start.saturating_add(limit));
+    (start..end, end < ordered.len())
 }
 
 async fn list_batches(
@@ -1121,9 +1195,10 @@ async fn list_batches(
         .map(|b| b.id.clone())
         .collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let (ids, has_more) = page(&refs, query.after.as_deref(), limit);
+    let (range, has_more) = page(&refs, query.after.as_deref(), limit);
+    let ids = &refs[range];
     let mut data = Vec::with_capacity(ids.len());
-    for id in &ids {
+    for id in ids {
         if let Some(b) = observe(&state, id).await {
             data.push(b);
         }
@@ -1268,10 +1343,12 @@ mod tests {
     #[test]
     fn pages_go_newest_first_after_a_cursor() {
         let ids = ["c", "b", "a"];
-        assert_eq!(page(&ids, None, 2), (vec!["c", "b"], true));
-        assert_eq!(page(&ids, Some("b"), 2), (vec!["a"], false));
-        assert_eq!(page(&ids, Some("a"), 2), (vec![], false));
-        assert_eq!(page(&ids, None, 3), (vec!["c", "b", "a"], false));
+        assert_eq!(page(&ids, None, 2), (0..2, true));
+        assert_eq!(page(&ids, Some("b"), 2), (2..3, false));
+        assert_eq!(page(&ids, Some("a"), 2), (3..3, false));
+        assert_eq!(page(&ids, Some("zz"), 2), (3..3, false));
+        assert_eq!(page(&ids, None, 3), (0..3, false));
+        assert_eq!(page(&ids, None, usize::MAX), (0..3, false));
     }
 
     #[test]
@@ -1295,6 +1372,107 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(standin::serve(listener, config));
         format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn files_list_in_creation_order_with_a_cursor() {
+        let base = spawn(standin::Config {
+            api_key: "sk-test".into(),
+            ..standin::Config::default()
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let mut ids = Vec::new();
+        // Likely created in one second: the order must come from insertion.
+        for (purpose, name) in [
+            ("batch", "a.jsonl"),
+            ("user_data", "b.txt"),
+            ("batch", "c.jsonl"),
+        ] {
+            let body = format!("--b0\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n{{}}\r\n--b0--\r\n");
+            let file: Value = http
+                .post(format!("{base}/v1/files"))
+                .bearer_auth("sk-test")
+                .header("content-type", "multipart/form-data; boundary=b0")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ids.push(file["id"].as_str().unwrap().to_string());
+        }
+        let ids_at = |at: &[usize]| -> Vec<String> { at.iter().map(|&i| ids[i].clone()).collect() };
+        let list = |query: &str| {
+            let (http, url) = (http.clone(), format!("{base}/v1/files{query}"));
+            async move {
+                let resp = http.get(url).bearer_auth("sk-test").send().await.unwrap();
+                (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+            }
+        };
+        let listed = |v: &Value| -> Vec<String> {
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let unauthorised = http.get(format!("{base}/v1/files")).send().await.unwrap();
+        assert_eq!(unauthorised.status(), 401);
+
+        let (status, all) = list("").await;
+        assert_eq!(status, 200);
+        assert_eq!(all["object"], "list");
+        assert_eq!(listed(&all), ids_at(&[2, 1, 0]));
+        assert_eq!(all["data"][0]["object"], "file");
+        assert_eq!(all["data"][0]["filename"], "c.jsonl");
+        assert_eq!(
+            (&all["first_id"], &all["last_id"]),
+            (&json!(ids[2]), &json!(ids[0]))
+        );
+        assert_eq!(all["has_more"], false);
+        let (_, asc) = list("?order=asc").await;
+        assert_eq!(listed(&asc), ids);
+
+        let (_, first) = list("?purpose=batch&limit=1").await;
+        assert_eq!(listed(&first), ids_at(&[2]));
+        assert_eq!(first["has_more"], true);
+        let after = format!("?purpose=batch&limit=1&after={}", ids[2]);
+        let (_, second) = list(&after).await;
+        assert_eq!(listed(&second), ids_at(&[0]));
+        assert_eq!(second["has_more"], false);
+        let after = format!("?order=asc&limit=2&after={}", ids[0]);
+        let (_, rest) = list(&after).await;
+        assert_eq!(listed(&rest), ids_at(&[1, 2]));
+        assert_eq!(rest["has_more"], false);
+        let (_, none) = list("?purpose=fine-tune").await;
+        assert_eq!(none["data"], json!([]));
+        assert_eq!(
+            (&none["first_id"], &none["has_more"]),
+            (&Value::Null, &json!(false))
+        );
+
+        assert_eq!(list("?limit=10000").await.0, 200);
+        for (query, param) in [
+            ("?limit=0", "limit"),
+            ("?limit=10001", "limit"),
+            ("?limit=ten", "limit"),
+            ("?order=newest", "order"),
+        ] {
+            let (status, e) = list(query).await;
+            assert_eq!(status, 400, "{query}");
+            assert_eq!(e["error"]["type"], "invalid_request_error", "{query}");
+            assert_eq!(e["error"]["param"], param, "{query}");
+        }
+
+        http.delete(format!("{base}/v1/files/{}", ids[1]))
+            .bearer_auth("sk-test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed(&list("").await.1), ids_at(&[2, 0]));
     }
 
     #[tokio::test]

@@ -52,6 +52,9 @@ pub struct Config {
     /// Batch API: share of each batch's lines left unfinished, so the batch
     /// ends `expired` and those lines get `batch_expired` (0: none expire).
     pub batch_expire_share: f64,
+    /// Batch API: only the first this many batches created expire (all of
+    /// them when `None`), so a job sent again can finish.
+    pub batch_expire_first: Option<usize>,
     /// Batch API: queued prompt tokens a model may have in unfinished batches;
     /// a batch beyond it fails with `token_limit_exceeded` (none by default).
     pub batch_queue_tokens: Option<u64>,
@@ -69,6 +72,7 @@ impl std::fmt::Debug for Config {
             .field("seed", &self.seed)
             .field("batch_complete_after", &self.batch_complete_after)
             .field("batch_expire_share", &self.batch_expire_share)
+            .field("batch_expire_first", &self.batch_expire_first)
             .field("batch_queue_tokens", &self.batch_queue_tokens)
             .finish_non_exhaustive()
     }
@@ -87,6 +91,7 @@ impl Default for Config {
             seed: 42,
             batch_complete_after: Duration::ZERO,
             batch_expire_share: 0.0,
+            batch_expire_first: None,
             batch_queue_tokens: None,
         }
     }

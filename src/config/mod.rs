@@ -322,6 +322,13 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(max_receive_count)
     }
 
+    /// Batch mode: the account's queued-token limit for the model (OpenAI's
+    /// limits page; 3,000,000 at tier 1), so jobs wait their turn instead of
+    /// being refused. Unset, the limit is learned from refusals.
+    pub fn batch_queue_tokens(&self) -> Result<Option<u64>, ConfigError> {
+        self.optional("BACKFILL_BATCH_QUEUE_TOKENS")
+    }
+
     pub fn target(&self) -> Result<Target, ConfigError> {
         let ident = |name: &'static str, default: &str| -> Result<String, ConfigError> {
             let v = self.get(name).unwrap_or_else(|| default.to_string());

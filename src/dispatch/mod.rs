@@ -10,16 +10,18 @@ mod tests;
 
 pub use request::{
     DispatchCommand, DispatchOptions, DispatchRequest, EventError, DEFAULT_BATCH_SIZE,
-    DEFAULT_EMBEDDING_BATCH_SIZE, MAX_BATCH_SIZE, MAX_EMBEDDING_BATCH_SIZE, MAX_HOPS,
+    DEFAULT_EMBEDDING_BATCH_SIZE, MAX_BATCH_SIZE, MAX_EMBEDDING_BATCH_SIZE, MAX_HOPS, MAX_JOB_SIZE,
 };
 
 use crate::embedder::Provider;
+use crate::failpoint;
 use crate::ids::{BatchSeq, RunId};
 use crate::progress;
 use crate::queue::{BatchMessage, Queue, QueueError};
+use crate::store::BatchRef;
 use crate::store::{
-    BatchState, Coverage, CreatedRun, RunState, RunStatus, Selection, Store, StoreError, Target,
-    VectorSpec,
+    BatchState, Coverage, CreatedRun, Mode, RunState, RunStatus, Selection, Store, StoreError,
+    Target, VectorSpec,
 };
 use paging::Cursor;
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,31 @@ pub struct DispatchSummary {
     /// A dry run's count of the filter's rows by the state of their vector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<Coverage>,
+    /// A dry run's cost in each mode the provider offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub costs: Option<Costs>,
+}
+
+/// What the same tokens cost in each mode; `None` where the provider has no
+/// such mode.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Costs {
+    pub direct_usd: Option<f64>,
+    pub batch_usd: Option<f64>,
+}
+
+impl Costs {
+    pub fn of(provider: &dyn Provider, tokens: u64) -> Self {
+        let at = |mode| {
+            provider
+                .price_per_million_tokens(mode)
+                .map(|p| tokens as f64 * p / 1_000_000.0)
+        };
+        Self {
+            direct_usd: at(Mode::Direct),
+            batch_usd: at(Mode::Batch),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -104,6 +131,8 @@ pub enum DispatchError {
     UnknownRun(RunId),
     #[error("run {0} has no dispatch options recorded; it was not created by this tool")]
     NoOptions(RunId),
+    #[error("EMBEDDING_PROVIDER={provider} has no {mode} mode here (batch mode needs OpenAI's Batch API); dispatch with mode direct, or use EMBEDDING_PROVIDER=openai")]
+    ModeUnavailable { provider: &'static str, mode: Mode },
 }
 
 /// Why a dispatch was refused, naming a stalled run as stalled: it will not
@@ -185,19 +214,19 @@ impl<Q: Queue> Dispatcher<Q> {
         opts: &DispatchOptions,
         deadline: Option<Instant>,
     ) -> Result<DispatchSummary, DispatchError> {
+        let price = self.provider.price_per_million_tokens(opts.mode).ok_or(
+            DispatchError::ModeUnavailable {
+                provider: self.provider.name(),
+                mode: opts.mode,
+            },
+        )?;
         if opts.dry_run {
             return self.dry_run(opts).await;
         }
         let params = serde_json::to_value(self.params(opts)).unwrap_or_default();
         let created = self
             .store
-            .create_run(
-                run,
-                &params,
-                opts.archive.as_deref(),
-                self.provider.price_per_million_tokens(),
-                opts.force,
-            )
+            .create_run(run, &params, opts.archive.as_deref(), price, opts.force)
             .await?;
         if let CreatedRun::Conflict { conflict } = created {
             return Err(DispatchError::ActiveRun(conflict));
@@ -244,7 +273,7 @@ impl<Q: Queue> Dispatcher<Q> {
         if status.state != RunState::Dispatching {
             return Ok(summary(&status, &opts, true));
         }
-        let resent = match before_deadline(deadline, self.resend_pending(run)).await {
+        let resent = match before_deadline(deadline, self.resend_pending(run, &opts)).await {
             None => return self.stopped_at_deadline(run, &opts).await,
             Some(Err(e)) => return Err(self.stopped(run, e).await),
             Some(Ok(n)) => n,
@@ -262,19 +291,46 @@ impl<Q: Queue> Dispatcher<Q> {
     }
 
     /// Sends the batches recorded but never confirmed queued; how many.
-    async fn resend_pending(&self, run: RunId) -> Result<u64, DispatchError> {
+    async fn resend_pending(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+    ) -> Result<u64, DispatchError> {
         let pending = self.store.batches_in(run, &[BatchState::Pending]).await?;
         for chunk in pending.chunks(PAGE_BATCHES as usize * 10) {
-            let messages: Vec<BatchMessage> =
-                chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
-            self.queue.send(&messages).await?;
-            let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
-            self.store.mark_queued(run, &seqs).await?;
+            self.hand_over(run, opts, chunk).await?;
         }
         if !pending.is_empty() {
             tracing::info!(run_id = %run, batches = pending.len(), "pending batches queued again");
         }
         Ok(pending.len() as u64)
+    }
+
+    /// Hands saved batches on to be worked, then confirms them queued: in
+    /// direct mode a message each on the queue, in batch mode a place in
+    /// the run's jobs (one step, so nothing to confirm apart).
+    pub(super) async fn hand_over(
+        &self,
+        run: RunId,
+        opts: &DispatchOptions,
+        batches: &[BatchRef],
+    ) -> Result<(), DispatchError> {
+        let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
+        match opts.mode {
+            Mode::Direct => {
+                let messages: Vec<BatchMessage> =
+                    batches.iter().map(|b| BatchMessage::of(run, b)).collect();
+                self.queue.send(&messages).await?;
+                failpoint::crash_point("dispatch_after_send");
+                self.store.mark_queued(run, &seqs).await?;
+            }
+            Mode::Batch => {
+                self.store
+                    .queue_in_jobs(run, &seqs, opts.job_size, None)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Notes why the dispatch stopped on the run, which stays `dispatching`
@@ -334,5 +390,6 @@ fn summary(status: &RunStatus, opts: &DispatchOptions, complete: bool) -> Dispat
         estimated_cost_usd: status.estimated_cost_usd,
         complete,
         coverage: None,
+        costs: None,
     }
 }

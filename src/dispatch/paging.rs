@@ -4,12 +4,12 @@
 
 use super::estimate::{TokenCount, TokenEstimator};
 use super::{
-    before_deadline, DispatchError, DispatchOptions, DispatchSummary, Dispatcher, PAGE_BATCHES,
-    PAGE_MARGIN,
+    before_deadline, Costs, DispatchError, DispatchOptions, DispatchSummary, Dispatcher,
+    PAGE_BATCHES, PAGE_MARGIN,
 };
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
-use crate::queue::{BatchMessage, Queue};
+use crate::queue::Queue;
 use crate::store::{BatchRef, LongText, NewBatch, Selection};
 use tokio::time::Instant;
 
@@ -129,11 +129,7 @@ impl<Q: Queue> Dispatcher<Q> {
                 last_id: b.ids[b.ids.len() - 1],
             })
             .collect();
-        let messages: Vec<BatchMessage> = refs.iter().map(|b| BatchMessage::of(run, b)).collect();
-        self.queue.send(&messages).await?;
-        failpoint::crash_point("dispatch_after_send");
-        let seqs: Vec<BatchSeq> = batches.iter().map(|b| b.seq).collect();
-        self.store.mark_queued(run, &seqs).await?;
+        self.hand_over(run, opts, &refs).await?;
         tracing::info!(
             run_id = %run,
             first_id = %page.rows[0].id,
@@ -206,10 +202,11 @@ impl<Q: Queue> Dispatcher<Q> {
             documents,
             batches: documents.div_ceil(u64::from(opts.batch_size)),
             estimated_tokens: tokens_total,
-            estimated_cost_usd: self.provider.cost_usd(tokens_total),
+            estimated_cost_usd: self.provider.cost_usd(tokens_total, opts.mode),
             complete: true,
             resent_batches: 0,
             coverage: Some(coverage),
+            costs: Some(Costs::of(self.provider.as_ref(), tokens_total)),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::embedder;
 use crate::ids::{DocumentId, RunId};
-use crate::store::{LongText, Select};
+use crate::store::{LongText, Mode, Select};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -14,6 +14,12 @@ pub const DEFAULT_EMBEDDING_BATCH_SIZE: u32 = 100;
 /// The most any provider takes; the worker keeps to its own provider's limit.
 pub const MAX_EMBEDDING_BATCH_SIZE: u32 = embedder::MAX_INPUTS_PER_REQUEST as u32;
 const MAX_ARCHIVE_LEN: usize = 1024;
+/// The Batch API's inputs a batch.
+pub const MAX_JOB_SIZE: u32 = embedder::BatchTarget::MAX_INPUTS as u32;
+
+fn max_job_size() -> u32 {
+    MAX_JOB_SIZE
+}
 
 /// The dispatcher's event, as a person writes it. Unknown fields are refused so
 /// that a typo (`batchsize`) is not silently ignored.
@@ -36,6 +42,13 @@ pub struct DispatchRequest {
     /// Texts over the input limit: `truncate` (the default) or `average`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub long_text: Option<LongText>,
+    /// `direct` (the default) or `batch`: through the provider's Batch API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Batch mode: documents a Batch API job holds at most (the API's
+    /// 50,000 inputs by default); smaller jobs come back sooner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_size: Option<u32>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
     /// Start even though another run over an overlapping archive is active.
@@ -72,6 +85,11 @@ pub struct DispatchOptions {
     pub select: Select,
     #[serde(default)]
     pub long_text: LongText,
+    /// Runs from before batch mode were direct.
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "max_job_size")]
+    pub job_size: u32,
     pub dry_run: bool,
     #[serde(default)]
     pub force: bool,
@@ -218,6 +236,16 @@ impl DispatchRequest {
                 format!("must be between 1 and {MAX_EMBEDDING_BATCH_SIZE} (the largest limit of inputs per request; each provider's own limit applies too), got {embedding_batch_size}"),
             ));
         }
+        let job_size = self.job_size.unwrap_or(MAX_JOB_SIZE);
+        if !(1..=MAX_JOB_SIZE).contains(&job_size) {
+            return Err(field(
+                "job_size",
+                format!("must be between 1 and {MAX_JOB_SIZE} (the Batch API's inputs a batch), got {job_size}"),
+            ));
+        }
+        if self.job_size.is_some() && self.mode != Some(Mode::Batch) {
+            return Err(field("job_size", "only goes with \"mode\": \"batch\""));
+        }
         Ok(DispatchOptions {
             archive,
             limit: self.limit,
@@ -226,6 +254,8 @@ impl DispatchRequest {
             embedding_batch_size,
             select: self.select.unwrap_or_default(),
             long_text: self.long_text.unwrap_or_default(),
+            mode: self.mode.unwrap_or_default(),
+            job_size,
             dry_run: self.dry_run,
             force: self.force,
         })
@@ -274,6 +304,14 @@ mod tests {
         assert!(
             select.starts_with("select:") && select.contains("stale"),
             "{select}"
+        );
+        assert!(err(r#"{"mode": "batch", "job_size": 0}"#).starts_with("job_size:"));
+        assert!(err(r#"{"mode": "batch", "job_size": 50001}"#).starts_with("job_size:"));
+        assert!(err(r#"{"job_size": 100}"#).contains("mode"));
+        let mode = err(r#"{"mode": "cheap"}"#);
+        assert!(
+            mode.starts_with("mode:") && mode.contains("batch"),
+            "{mode}"
         );
         assert!(err("[]").contains("JSON object"));
         assert!(err("null").contains("JSON object"));

@@ -8,6 +8,7 @@ use super::{EmbedError, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
 use crate::rate::RateSignals;
 use crate::secret::Secret;
+use crate::store::Mode;
 use reqwest::header::HeaderMap;
 
 const NAMES: Names = Names {
@@ -69,8 +70,9 @@ impl Provider for Azure {
         Tokenizer::Cl100k
     }
 
-    fn price_per_million_tokens(&self) -> f64 {
-        openai::price_per_million_tokens(&self.model)
+    /// Azure's batch deployments are another API; only direct mode here.
+    fn price_per_million_tokens(&self, mode: Mode) -> Option<f64> {
+        (mode == Mode::Direct).then(|| openai::price_per_million_tokens(&self.model, mode))
     }
 
     fn url(&self) -> &str {

@@ -9,6 +9,7 @@ use super::{EmbedError, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
 use crate::rate::RateSignals;
 use crate::secret::Secret;
+use crate::store::Mode;
 use reqwest::header::HeaderMap;
 
 const NAMES: Names = Names {
@@ -76,8 +77,9 @@ impl Provider for Compatible {
         Tokenizer::Cl100k
     }
 
-    fn price_per_million_tokens(&self) -> f64 {
-        self.price_per_million_tokens
+    /// Such servers offer no Batch API here.
+    fn price_per_million_tokens(&self, mode: Mode) -> Option<f64> {
+        (mode == Mode::Direct).then_some(self.price_per_million_tokens)
     }
 
     fn url(&self) -> &str {

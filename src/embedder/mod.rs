@@ -17,6 +17,8 @@ pub mod tokens;
 use crate::config::{ConfigError, EmbeddingConfig, ProviderSettings};
 use crate::rate::{Governor, RateSignals, TooLong};
 use crate::retry::Backoff;
+use crate::store::Mode;
+pub use openai::BatchTarget;
 use reqwest::header::HeaderMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,8 +119,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn dimensions(&self) -> u32;
     fn limits(&self) -> Limits;
     fn tokenizer(&self) -> Tokenizer;
-    /// USD per million input tokens.
-    fn price_per_million_tokens(&self) -> f64;
+    /// USD per million input tokens in `mode`; `None` where the provider
+    /// has no such mode.
+    fn price_per_million_tokens(&self, mode: Mode) -> Option<f64>;
     /// Where requests go, for errors and logs, and the setting that says so.
     fn url(&self) -> &str;
     fn url_var(&self) -> &'static str;
@@ -129,8 +132,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// What an answer's headers say of the rate limits.
     fn rate_signals(&self, headers: &HeaderMap) -> RateSignals;
 
-    fn cost_usd(&self, tokens: u64) -> f64 {
-        tokens as f64 * self.price_per_million_tokens() / 1_000_000.0
+    /// The provider's Batch API, where it has one.
+    fn batch_target(&self) -> Option<BatchTarget> {
+        None
+    }
+
+    fn cost_usd(&self, tokens: u64, mode: Mode) -> f64 {
+        tokens as f64 * self.price_per_million_tokens(mode).unwrap_or(0.0) / 1_000_000.0
     }
 }
 

@@ -83,6 +83,18 @@ pub enum LongText {
     Average,
 }
 
+/// How a run's texts reach the provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A request per group of texts, answered at once, at the list price.
+    #[default]
+    Direct,
+    /// Jobs through the provider's Batch API: half the price, a separate
+    /// quota, answered within a day.
+    Batch,
+}
+
 macro_rules! named_values {
     ($ty:ty, $what:literal, $($variant:path => $name:literal),+) => {
         impl $ty {
@@ -119,6 +131,7 @@ macro_rules! named_values {
 
 named_values!(Select, "select", Select::Missing => "missing", Select::Stale => "stale", Select::All => "all");
 named_values!(LongText, "long_text", LongText::Truncate => "truncate", LongText::Average => "average");
+named_values!(Mode, "mode", Mode::Direct => "direct", Mode::Batch => "batch");
 
 /// What a vector is made with: a vector stays current while all of this,
 /// and its text, are what they were when it was made.

@@ -2,8 +2,9 @@
 //! counted completion in the status row. Safe to run twice on the same message.
 
 mod bisect;
-mod inputs;
 mod settings;
+
+pub(crate) use settings::Settings;
 #[cfg(test)]
 mod tests;
 
@@ -11,13 +12,12 @@ use crate::embedder::batching;
 use crate::embedder::{EmbedError, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::inputs::{Combined, Inputs};
 use crate::queue::{BatchMessage, IncomingMessage, MessageError};
 use crate::store::{BatchState, FailedDocument, Store, StoreError, VectorRow};
 use futures::future::join_all;
 use futures::StreamExt;
-use inputs::{Combined, Inputs};
 use serde::Serialize;
-use settings::Settings;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -116,7 +116,7 @@ pub struct Worker {
 /// row written costs milliseconds of index upkeep on a large table (`make
 /// bench` measured 1,000 in one statement at 4-9 s against the API's 8 s
 /// statement timeout); 100 stay well under it, and under request body limits.
-const WRITE_CHUNK: usize = 100;
+pub(crate) const WRITE_CHUNK: usize = 100;
 
 /// A delivery with no deadline holds its batch this long.
 const DEFAULT_LEASE: Duration = Duration::from_secs(900);
@@ -137,6 +137,11 @@ impl Worker {
     pub fn with_lease_cap(mut self, visibility: Duration) -> Self {
         self.lease_cap = Some(visibility);
         self
+    }
+
+    /// The provider this worker embeds with.
+    pub fn provider(&self) -> &Arc<dyn crate::embedder::Provider> {
+        self.embedder.provider()
     }
 
     /// How long this delivery holds its batch: until its deadline, at most
@@ -172,6 +177,25 @@ impl Worker {
                 return Err(WorkerError::Message(e));
             }
         };
+        self.deliver_traced(&m, msg.receive_count, deadline).await
+    }
+
+    /// Works a batch in direct mode outside the queue, as a fresh message
+    /// would: batch mode's way for a batch the Batch API refused an input of.
+    pub async fn work_batch(
+        &self,
+        m: &BatchMessage,
+        deadline: Option<Instant>,
+    ) -> Result<BatchReport, WorkerError> {
+        self.deliver_traced(m, 1, deadline).await
+    }
+
+    async fn deliver_traced(
+        &self,
+        m: &BatchMessage,
+        receive_count: u32,
+        deadline: Option<Instant>,
+    ) -> Result<BatchReport, WorkerError> {
         // Every line about this batch, the API's and Supabase's retries too,
         // carries the run, the batch and its ids from here.
         let span = tracing::info_span!(
@@ -180,9 +204,9 @@ impl Worker {
             batch = m.batch.0,
             first_id = m.first_id.0,
             last_id = m.last_id.0,
-            receive_count = msg.receive_count,
+            receive_count,
         );
-        self.deliver(&m, msg.receive_count, deadline)
+        self.deliver(m, receive_count, deadline)
             .instrument(span)
             .await
     }
@@ -305,6 +329,7 @@ impl Worker {
         let Settings {
             selection,
             per_request,
+            ..
         } = Settings::of(msg.run_id, start.params.as_ref(), provider.as_ref())?;
 
         failpoint::crash_point("worker_after_begin");

@@ -8,9 +8,11 @@ use crate::ids::RunId;
 use crate::store::Selection;
 use serde_json::Value;
 
-pub(super) struct Settings {
+pub(crate) struct Settings {
     pub selection: Selection,
     pub per_request: usize,
+    /// Batch mode: documents a job holds at most.
+    pub job_size: u32,
 }
 
 impl Settings {
@@ -37,6 +39,7 @@ impl Settings {
         Ok(Self {
             selection: p.selection(),
             per_request: p.options.embedding_batch_size as usize,
+            job_size: p.options.job_size,
         })
     }
 }

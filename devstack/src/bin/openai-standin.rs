@@ -48,6 +48,9 @@ struct Args {
     /// ends `expired` and those lines get `batch_expired` errors (0: none)
     #[arg(long, env = "STANDIN_BATCH_EXPIRE_SHARE", default_value_t = 0.0)]
     batch_expire_share: f64,
+    /// Batch API: only the first N batches created expire (default: every one)
+    #[arg(long, env = "STANDIN_BATCH_EXPIRE_FIRST")]
+    batch_expire_first: Option<usize>,
     /// Batch API: queued prompt tokens per model in unfinished batches before a
     /// new batch fails with `token_limit_exceeded` (none by default)
     #[arg(long, env = "STANDIN_BATCH_QUEUE_TOKENS")]
@@ -88,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed,
         batch_complete_after: Duration::from_millis(args.batch_complete_ms),
         batch_expire_share: args.batch_expire_share,
+        batch_expire_first: args.batch_expire_first,
         batch_queue_tokens: args.batch_queue_tokens,
     };
     standin::serve(listener, config).await?;

@@ -13,7 +13,7 @@
 -- Raise it with any change here that a caller can see (10 was the last
 -- version of the numbered files that defined functions).
 CREATE OR REPLACE FUNCTION public.backfill_schema_version()
-RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 13 $$;
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 14 $$;
 
 CREATE OR REPLACE FUNCTION public.backfill_ident(p_target jsonb, p_key text)
 RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$

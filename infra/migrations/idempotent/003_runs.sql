@@ -108,6 +108,9 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE public.backfill_runs SET state = 'running', dispatched_at = now(), updated_at = now()
     WHERE id = p_run_id AND state = 'dispatching';
+    -- Batch mode: no more batches come, so the last job is complete.
+    UPDATE public.backfill_jobs SET state = 'ready', updated_at = now()
+    WHERE run_id = p_run_id AND state = 'open';
     PERFORM public.backfill_settle_run(p_run_id);
     RETURN public.backfill_run_json(p_run_id);
 END $$;

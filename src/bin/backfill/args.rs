@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use embed_backfill::config::EmbeddingConfig;
 use embed_backfill::dispatch::DispatchRequest;
 use embed_backfill::ids::RunId;
-use embed_backfill::store::{LongText, Select};
+use embed_backfill::store::{LongText, Mode, Select};
 
 #[derive(Parser)]
 #[command(name = "backfill", version, about = "Backfill OpenAI embeddings into a Supabase table", long_about = None)]
@@ -33,6 +33,9 @@ pub enum Command {
     Redrive(RedriveArgs),
     /// Queue a run's failed batches again, from the status tables.
     RetryFailed(RetryFailedArgs),
+    /// Batch mode: collect the Batch API jobs that ended and submit ready
+    /// ones, once (what the poller Lambda does each minute).
+    Poll(PollArgs),
 }
 
 #[derive(Args, Clone)]
@@ -61,6 +64,14 @@ pub struct Selection {
     /// mean) [default: truncate]
     #[arg(long, value_name = "POLICY")]
     pub long_text: Option<LongText>,
+    /// direct (requests answered at once) or batch (OpenAI's Batch API: half
+    /// the price, a separate quota, answered within 24 hours) [default: direct]
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// Batch mode: documents a Batch API job holds at most [default and
+    /// max: 50,000]; smaller jobs come back sooner
+    #[arg(long, value_name = "DOCUMENTS")]
+    pub job_size: Option<u32>,
     /// Count documents, tokens and cost from the real texts, and every row's
     /// state; write and queue nothing
     #[arg(long)]
@@ -81,6 +92,8 @@ impl Selection {
             embedding_batch_size: self.embedding_batch_size,
             select: self.select,
             long_text: self.long_text,
+            mode: self.mode,
+            job_size: self.job_size,
             dry_run: self.dry_run,
             force: self.force,
             ..Default::default()
@@ -97,7 +110,28 @@ pub struct RunArgs {
     pub concurrency: u16,
     #[command(flatten)]
     pub rate: RateArgs,
+    #[command(flatten)]
+    pub poll: PollEvery,
     /// Print the final status as JSON instead of a progress bar
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct PollEvery {
+    /// Batch mode: seconds between looks at the Batch API jobs
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_secs: u64,
+}
+
+#[derive(Args)]
+pub struct PollArgs {
+    /// Only this run's jobs (default: every run over the configured table)
+    #[arg(long = "run", value_name = "RUN_ID")]
+    pub run_id: Option<RunId>,
+    /// Seconds the poll may take, like the poller Lambda's timeout
+    #[arg(long, default_value_t = 900)]
+    pub timeout_secs: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -180,6 +214,8 @@ pub struct WorkArgs {
     pub timeout_secs: u64,
     #[command(flatten)]
     pub rate: RateArgs,
+    #[command(flatten)]
+    pub poll: PollEvery,
     #[arg(long)]
     pub json: bool,
 }

@@ -8,18 +8,19 @@ mod render;
 
 use anyhow::{bail, Context, Result};
 use args::{
-    AdoptArgs, Cli, Command, DispatchArgs, RedriveArgs, RetryFailedArgs, RunArgs, StatusArgs,
-    VerifyArgs, WorkArgs,
+    AdoptArgs, Cli, Command, DispatchArgs, PollArgs, RedriveArgs, RetryFailedArgs, RunArgs,
+    StatusArgs, VerifyArgs, WorkArgs,
 };
 use clap::Parser;
 use embed_backfill::config::Env;
-use embed_backfill::dispatch::{DispatchCommand, DispatchRequest, DispatchSummary};
+use embed_backfill::dispatch::{DispatchCommand, DispatchRequest, DispatchSummary, RunParams};
 use embed_backfill::ids::RunId;
+use embed_backfill::jobs::TickReport;
 use embed_backfill::progress;
 use embed_backfill::queue::{MemoryQueue, SqsQueue};
 use embed_backfill::redrive::{self, RedriveReport};
 use embed_backfill::runner::{self, ConsumeOptions, LocalOptions, OnFailure, Tally};
-use embed_backfill::store::{Adoption, Coverage, VectorSpec};
+use embed_backfill::store::{Adoption, Coverage, Mode, VectorSpec};
 use embed_backfill::{invoke, logging, secrets_manager, setup};
 use render::{Bar, Ran};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,7 @@ async fn execute(cli: Cli) -> Result<()> {
         }
         Command::Adopt(a) => render::adopted(&adopt(&env, &a).await?, &a.model, a.json),
         Command::Redrive(a) => render::redriven(&redrive(&env, &a).await?, a.json),
+        Command::Poll(a) => render::polled(&poll(&env, &a).await?, a.json),
         Command::RetryFailed(a) => {
             render::requeued(
                 a.run_id,
@@ -80,6 +82,24 @@ async fn run<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &RunArgs) -> Res
     }
     let max_receive_count = env.max_receive_count()?;
     let worker = setup::worker_from(&embedding, &store, max_receive_count)?;
+    if options.mode == Mode::Batch {
+        let poller = setup::poller(env, &store, worker)?;
+        let summary = dispatcher.dispatch(&options).await?;
+        let run_id = summary.run_id.context("the dispatch recorded no run")?;
+        let bar = (!args.json).then(Bar::start);
+        let every = Duration::from_secs(args.poll.poll_secs);
+        let status = poller
+            .drive(run_id, every, |_, status| {
+                if let Some(bar) = &bar {
+                    bar.show(status);
+                }
+            })
+            .await;
+        if let Some(bar) = &bar {
+            bar.finish();
+        }
+        return Ok(Ran::Finished(Box::new(status?)));
+    }
     let local = LocalOptions {
         concurrency: args.concurrency.into(),
         max_receive_count,
@@ -173,7 +193,40 @@ async fn work<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &WorkArgs) -> R
         message_timeout: Duration::from_secs(args.timeout_secs),
         on_failure: OnFailure::Leave,
     };
-    Ok(runner::consume(&worker, &queue, &opts).await?)
+    // Batch mode's jobs are polled beside the queue, where the provider has
+    // a Batch API.
+    let poller = setup::poller(env, &store, worker.clone()).ok();
+    let stop = AtomicBool::new(false);
+    let consuming = async {
+        let tally = runner::consume(&worker, &queue, &opts).await;
+        stop.store(true, Ordering::Relaxed);
+        tally
+    };
+    let polling = async {
+        let Some(poller) = &poller else { return };
+        let every = Duration::from_secs(args.poll.poll_secs);
+        while !stop.load(Ordering::Relaxed) {
+            let deadline = tokio::time::Instant::now() + every.max(Duration::from_secs(900));
+            if let Err(e) = poller.tick(None, Some(deadline)).await {
+                tracing::warn!(error = %e, "polling the batch jobs failed; trying again");
+            }
+            let next = tokio::time::Instant::now() + every;
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < next {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let (tally, ()) = tokio::join!(consuming, polling);
+    Ok(tally?)
+}
+
+/// One look at the batch jobs, bounded like the poller Lambda's.
+async fn poll<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &PollArgs) -> Result<TickReport> {
+    let store = setup::store(env)?;
+    let worker = setup::worker(env, &store)?;
+    let poller = setup::poller(env, &store, worker)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    Ok(poller.tick(args.run_id, Some(deadline)).await?)
 }
 
 /// Prints the run's status, and again every 2 seconds under `--watch` until
@@ -193,7 +246,11 @@ async fn status<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &StatusArgs) 
             }
         };
         let stall = progress::stall(&status, stalled_after, queue_empty(queue.as_ref()).await);
-        render::status(&status, stall, args.json)?;
+        let jobs = match RunParams::read(&status.params) {
+            Some(p) if p.options.mode == Mode::Batch => store.run_jobs(status.id).await?,
+            _ => Vec::new(),
+        };
+        render::status(&status, &jobs, stall, args.json)?;
         if !args.watch || status.state.is_finished() {
             return Ok(());
         }

@@ -4,11 +4,12 @@
 use anyhow::Result;
 use embed_backfill::dispatch::DispatchSummary;
 use embed_backfill::ids::RunId;
+use embed_backfill::jobs::TickReport;
 use embed_backfill::progress::{self, human_duration, Progress, Stall};
 use embed_backfill::redrive::RedriveReport;
 use embed_backfill::runner::Tally;
-use embed_backfill::store::RunStatus;
 use embed_backfill::store::{Adoption, Coverage};
+use embed_backfill::store::{Job, RunStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::time::Duration;
@@ -22,7 +23,7 @@ pub enum Ran {
 pub fn ran(ran: &Ran, json: bool) -> Result<()> {
     match ran {
         Ran::DryRun(s) => summary(s, json),
-        Ran::Finished(s) => status(s, None, json),
+        Ran::Finished(s) => status(s, &[], None, json),
     }
 }
 
@@ -55,7 +56,14 @@ pub fn summary(summary: &DispatchSummary, json: bool) -> Result<()> {
             "estimated from an exact count of the first page; --dry-run counts every text"
         }
     );
-    println!("  Cost:      ${:.4}", summary.estimated_cost_usd);
+    match summary.costs {
+        Some(c) => println!(
+            "  Cost:      {} direct, {} in batch mode",
+            usd(c.direct_usd),
+            usd(c.batch_usd)
+        ),
+        None => println!("  Cost:      ${:.4}", summary.estimated_cost_usd),
+    }
     if let Some(c) = &summary.coverage {
         println!(
             "  Rows:      {} missing ({} of them empty), {} stale by text, {} stale by model, {} current, {} unknown",
@@ -67,14 +75,20 @@ pub fn summary(summary: &DispatchSummary, json: bool) -> Result<()> {
 
 /// The status row with its progress, and the stall with its remedy where
 /// the run stopped moving.
-pub fn status(status: &RunStatus, stall: Option<Stall>, json: bool) -> Result<()> {
+pub fn status(status: &RunStatus, jobs: &[Job], stall: Option<Stall>, json: bool) -> Result<()> {
     if json {
         let mut value = serde_json::to_value(status)?;
         value["progress"] = serde_json::to_value(progress::of(status))?;
         value["stalled"] = serde_json::to_value(&stall)?;
+        if !jobs.is_empty() {
+            value["jobs"] = serde_json::to_value(jobs)?;
+        }
         return pretty(&value);
     }
     status_lines(status);
+    for j in jobs {
+        job_line(j);
+    }
     if let Some(stall) = stall {
         println!(
             "  STALLED: nothing has moved for {}{}. Finish it with `{}`",
@@ -224,6 +238,27 @@ pub fn requeued(run_id: RunId, queued: u64, unfinished: bool, json: bool) {
     }
 }
 
+pub fn polled(report: &TickReport, json: bool) -> Result<()> {
+    if json {
+        return pretty(report);
+    }
+    println!(
+        "Batch jobs: {} submitted, {} waiting for the provider's queue, {} running, {} collected ({} batches ended, {} sent again), {} failed, {} left for the next poll",
+        report.submitted,
+        report.waiting,
+        report.running,
+        report.collected,
+        report.batches_ended,
+        report.batches_requeued,
+        report.failed,
+        report.left
+    );
+    for e in &report.errors {
+        println!("  error: {e}");
+    }
+    Ok(())
+}
+
 pub fn worked(tally: &Tally, json: bool) -> Result<()> {
     if json {
         return pretty(tally);
@@ -271,6 +306,34 @@ fn eta(p: &Progress) -> String {
     p.eta_secs
         .map(|e| human_duration(Duration::from_secs_f64(e)))
         .unwrap_or_else(|| "-".into())
+}
+
+/// A batch-mode job: its state and the provider's, its lines, its age.
+fn job_line(j: &Job) {
+    let age = (j.now - j.created_at).to_std().unwrap_or_default();
+    let provider = j
+        .provider_status
+        .as_deref()
+        .map(|p| format!(" (Batch API: {p})"))
+        .unwrap_or_default();
+    println!(
+        "  Job {}: {}{provider}, {} documents, {}/{} lines done, {} failed, {} old{}",
+        j.seq,
+        j.state.as_str(),
+        j.documents,
+        j.lines_completed,
+        j.lines_total,
+        j.lines_failed,
+        human_duration(Duration::from_secs(age.as_secs())),
+        j.error
+            .as_deref()
+            .map(|e| format!(" | {e}"))
+            .unwrap_or_default()
+    );
+}
+
+fn usd(cost: Option<f64>) -> String {
+    cost.map_or_else(|| "n/a (no such mode)".into(), |c| format!("${c:.4}"))
 }
 
 fn archive_label(archive: Option<&str>) -> String {

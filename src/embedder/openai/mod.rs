@@ -2,13 +2,17 @@
 //! the compatible servers share: the request body, the answer, the error
 //! shapes and their retry hints, and the `x-ratelimit-*` headers.
 
+mod batch;
 mod hints;
+
+pub use batch::BatchTarget;
 
 use super::tokens::Tokenizer;
 use super::{EmbedError, Embeddings, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
 use crate::rate::RateSignals;
 use crate::secret::Secret;
+use crate::store::Mode;
 use base64::Engine;
 use hints::{header_duration, retry_hint};
 use reqwest::header::HeaderMap;
@@ -24,12 +28,22 @@ pub const LIMITS: Limits = Limits {
     tokens_per_input: 8191,
 };
 
-/// USD per million input tokens, OpenAI's list prices.
-pub fn price_per_million_tokens(model: &str) -> f64 {
-    match model {
-        "text-embedding-3-large" => 0.13,
-        "text-embedding-ada-002" => 0.10,
-        _ => 0.02,
+/// USD per million input tokens, OpenAI's list prices: the model, direct,
+/// and through the Batch API. The first row prices a model not listed.
+const PRICES: [(&str, f64, f64); 3] = [
+    ("text-embedding-3-small", 0.02, 0.01),
+    ("text-embedding-3-large", 0.13, 0.065),
+    ("text-embedding-ada-002", 0.10, 0.05),
+];
+
+pub fn price_per_million_tokens(model: &str, mode: Mode) -> f64 {
+    let (_, direct, batch) = PRICES
+        .iter()
+        .find(|(m, ..)| *m == model)
+        .unwrap_or(&PRICES[0]);
+    match mode {
+        Mode::Direct => *direct,
+        Mode::Batch => *batch,
     }
 }
 
@@ -46,6 +60,7 @@ const NAMES: Names = Names {
 
 #[derive(Debug)]
 pub struct OpenAi {
+    base_url: String,
     url: String,
     key: Option<Secret>,
     model: String,
@@ -60,6 +75,7 @@ impl OpenAi {
         };
         Self {
             url: format!("{base_url}/embeddings"),
+            base_url,
             key,
             model: cfg.model.clone(),
             dimensions: cfg.dimensions,
@@ -88,8 +104,17 @@ impl Provider for OpenAi {
         Tokenizer::Cl100k
     }
 
-    fn price_per_million_tokens(&self) -> f64 {
-        price_per_million_tokens(&self.model)
+    fn price_per_million_tokens(&self, mode: Mode) -> Option<f64> {
+        Some(price_per_million_tokens(&self.model, mode))
+    }
+
+    fn batch_target(&self) -> Option<BatchTarget> {
+        Some(BatchTarget::new(
+            &self.base_url,
+            self.key.clone(),
+            &self.model,
+            self.dimensions,
+        ))
     }
 
     fn url(&self) -> &str {
@@ -217,6 +242,26 @@ pub(super) fn decode(
     let parsed: ApiResponse = serde_json::from_slice(bytes).map_err(|e| EmbedError::Decode {
         reason: e.to_string(),
     })?;
+    vectors_of(parsed, expected, dimensions)
+}
+
+/// The same, of an answer already parsed: a Batch API output line's body.
+pub(super) fn decode_value(
+    body: Value,
+    expected: usize,
+    dimensions: u32,
+) -> Result<Embeddings, EmbedError> {
+    let parsed: ApiResponse = serde_json::from_value(body).map_err(|e| EmbedError::Decode {
+        reason: e.to_string(),
+    })?;
+    vectors_of(parsed, expected, dimensions)
+}
+
+fn vectors_of(
+    parsed: ApiResponse,
+    expected: usize,
+    dimensions: u32,
+) -> Result<Embeddings, EmbedError> {
     if parsed.data.len() != expected {
         return Err(EmbedError::Decode {
             reason: format!("asked for {expected} vectors, got {}", parsed.data.len()),

@@ -4,8 +4,8 @@
 //! same guards (leases, counted-once completion, conflicting runs) and the
 //! same errors as against the database, without one.
 //!
-//! What no function reads back (a batch's timestamps and tokens, its
-//! estimate) is not kept, and the vector column's dimension is not checked:
+//! What no function reads back (a batch's timestamps and tokens) is not
+//! kept, and the vector column's dimension is not checked:
 //! tests use short vectors. A provenance's `embedded_at` is kept, since the
 //! copy of a vector takes the latest of its donors. Texts are
 //! hashed as the SQL hashes them (sha256 of the whole text as UTF-8, a NULL
@@ -16,6 +16,7 @@ mod tests;
 
 mod batches;
 mod documents;
+mod jobs;
 mod provenance;
 mod runs;
 mod state;
@@ -25,8 +26,8 @@ pub use provenance::ProvenanceInfo;
 
 use super::model::*;
 use super::postgrest::FETCH_MAX_BYTES;
-use super::{Store, StoreError};
-use crate::ids::{BatchSeq, DocumentId, RunId};
+use super::{Job, JobBatch, JobStart, JobUpdate, JobsDue, Store, StoreError};
+use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -136,6 +137,14 @@ impl MemoryStore {
         let mut state = self.state();
         if let Some(b) = state.run_mut(run).and_then(|r| r.batches.get_mut(&seq)) {
             b.leased_until = b.leased_until.map(|_| Utc::now());
+        }
+    }
+
+    /// The same for a job's poller.
+    pub fn expire_job_lease(&self, run: RunId, job: JobSeq) {
+        let mut state = self.state();
+        if let Some(j) = state.run_mut(run).and_then(|r| r.jobs.get_mut(&job)) {
+            j.leased_until = j.leased_until.map(|_| Utc::now());
         }
     }
 
@@ -296,5 +305,80 @@ impl Store for MemoryStore {
         Ok(self
             .state()
             .fail_batch(run, seq, error, permanent, tokens_billed))
+    }
+
+    async fn queue_in_jobs(
+        &self,
+        run: RunId,
+        seqs: &[BatchSeq],
+        max_documents: u32,
+        from_job: Option<JobSeq>,
+    ) -> Result<u64, StoreError> {
+        self.state()
+            .queue_in_jobs(run, seqs, max_documents, from_job)
+    }
+
+    async fn jobs_due(
+        &self,
+        model: &str,
+        run: Option<RunId>,
+        max: u32,
+    ) -> Result<JobsDue, StoreError> {
+        let target = serde_json::to_value(&self.target).unwrap_or_default();
+        Ok(self.state().jobs_due(model, &target, run, max))
+    }
+
+    async fn begin_job(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        lease: Duration,
+    ) -> Result<JobStart, StoreError> {
+        Ok(self.state().begin_job(run, job, lease))
+    }
+
+    async fn job_batches(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        after: Option<BatchSeq>,
+        max_rows: u32,
+    ) -> Result<Vec<JobBatch>, StoreError> {
+        Ok(self.state().job_batches(run, job, after, max_rows))
+    }
+
+    async fn save_plans(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        plans: &[(BatchSeq, Value)],
+    ) -> Result<u64, StoreError> {
+        Ok(self.state().save_plans(run, job, plans))
+    }
+
+    async fn split_job(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        from: BatchSeq,
+    ) -> Result<JobSeq, StoreError> {
+        self.state().split_job(run, job, from)
+    }
+
+    async fn update_job(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        update: &JobUpdate,
+    ) -> Result<Job, StoreError> {
+        self.state().update_job(run, job, update)
+    }
+
+    async fn fail_job(&self, run: RunId, job: JobSeq, error: &str) -> Result<u64, StoreError> {
+        self.state().fail_job(run, job, error)
+    }
+
+    async fn run_jobs(&self, run: RunId) -> Result<Vec<Job>, StoreError> {
+        Ok(self.state().run_jobs(run))
     }
 }

@@ -74,6 +74,7 @@ impl State {
             finished_at: None,
             last_error: None,
             batches: BTreeMap::new(),
+            jobs: BTreeMap::new(),
         };
         let status = created.json(now);
         self.runs.push(created);
@@ -138,6 +139,9 @@ impl State {
                     failed_documents: Vec::new(),
                     error: None,
                     leased_until: None,
+                    estimated_tokens: b.estimated_tokens,
+                    job: None,
+                    plan: None,
                 },
             );
             r.total_batches += 1;
@@ -180,6 +184,7 @@ impl State {
             r.dispatched_at = Some(now);
             r.updated_at = now;
         }
+        r.ready_open_jobs(now);
         r.settle(now);
         Ok(r.json(now))
     }

@@ -1,12 +1,13 @@
 //! What the SQL tables hold, and the helpers the functions share: the
-//! rows and their vectors' provenance, a run's counters and its batches,
-//! and the bookkeeping (`backfill_settle_run`, `backfill_reopen_run`,
-//! `backfill_uncount_batch`) more than one function calls.
+//! rows and their vectors' provenance, a run's counters, its batches and
+//! its batch-mode jobs, and the bookkeeping (`backfill_settle_run`,
+//! `backfill_reopen_run`, `backfill_uncount_batch`, readying the open job)
+//! more than one function calls.
 
 use super::provenance::Provenance;
-use crate::ids::{BatchSeq, DocumentId, RunId};
+use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
 use crate::store::model::*;
-use crate::store::StoreError;
+use crate::store::{Job, JobState, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -68,6 +69,7 @@ pub(super) struct Run {
     pub(super) finished_at: Option<DateTime<Utc>>,
     pub(super) last_error: Option<String>,
     pub(super) batches: BTreeMap<BatchSeq, Batch>,
+    pub(super) jobs: BTreeMap<JobSeq, JobRow>,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,34 @@ pub(super) struct Batch {
     pub(super) failed_documents: Vec<FailedDocument>,
     pub(super) error: Option<String>,
     pub(super) leased_until: Option<DateTime<Utc>>,
+    /// Summed into its job's estimate, which the queued-token limit reads.
+    pub(super) estimated_tokens: u64,
+    pub(super) job: Option<JobSeq>,
+    pub(super) plan: Option<Value>,
+}
+
+/// A row of `backfill_jobs`, without its key.
+#[derive(Debug)]
+pub(super) struct JobRow {
+    pub(super) state: JobState,
+    pub(super) documents: u64,
+    pub(super) estimated_tokens: u64,
+    pub(super) input_file_id: Option<String>,
+    pub(super) batch_id: Option<String>,
+    pub(super) provider_status: Option<String>,
+    pub(super) lines_total: u64,
+    pub(super) lines_completed: u64,
+    pub(super) lines_failed: u64,
+    pub(super) queued_before: Option<u64>,
+    pub(super) blocked_behind: Option<u64>,
+    pub(super) attempts: u32,
+    pub(super) leased_until: Option<DateTime<Utc>>,
+    pub(super) error: Option<String>,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) submitting_since: Option<DateTime<Utc>>,
+    pub(super) submitted_at: Option<DateTime<Utc>>,
+    pub(super) finished_at: Option<DateTime<Utc>>,
+    pub(super) updated_at: DateTime<Utc>,
 }
 
 /// The error PostgREST surfaces for a function's `RAISE ... USING ERRCODE`.
@@ -207,6 +237,15 @@ impl Run {
         }
     }
 
+    /// The open job is complete once no more batches come to it: the
+    /// run's dispatch ended.
+    pub(super) fn ready_open_jobs(&mut self, now: DateTime<Utc>) {
+        for j in self.jobs.values_mut().filter(|j| j.state == JobState::Open) {
+            j.state = JobState::Ready;
+            j.updated_at = now;
+        }
+    }
+
     /// `backfill_uncount_batch`.
     pub(super) fn uncount(&mut self, seq: BatchSeq, now: DateTime<Utc>) {
         let Some(b) = self.batches.get_mut(&seq) else {
@@ -229,6 +268,59 @@ impl Run {
         b.documents_skipped = 0;
         b.failed_documents.clear();
         self.reopen(now);
+    }
+}
+
+impl JobRow {
+    pub(super) fn new(state: JobState, now: DateTime<Utc>) -> Self {
+        JobRow {
+            state,
+            documents: 0,
+            estimated_tokens: 0,
+            input_file_id: None,
+            batch_id: None,
+            provider_status: None,
+            lines_total: 0,
+            lines_completed: 0,
+            lines_failed: 0,
+            queued_before: None,
+            blocked_behind: None,
+            attempts: 0,
+            leased_until: None,
+            error: None,
+            created_at: now,
+            submitting_since: None,
+            submitted_at: None,
+            finished_at: None,
+            updated_at: now,
+        }
+    }
+
+    /// `to_jsonb(j) || jsonb_build_object('now', now())`.
+    pub(super) fn json(&self, run: RunId, seq: JobSeq, now: DateTime<Utc>) -> Job {
+        Job {
+            run_id: run,
+            seq,
+            state: self.state,
+            documents: self.documents,
+            estimated_tokens: self.estimated_tokens,
+            input_file_id: self.input_file_id.clone(),
+            batch_id: self.batch_id.clone(),
+            provider_status: self.provider_status.clone(),
+            lines_total: self.lines_total,
+            lines_completed: self.lines_completed,
+            lines_failed: self.lines_failed,
+            queued_before: self.queued_before,
+            blocked_behind: self.blocked_behind,
+            attempts: self.attempts,
+            error: self.error.clone(),
+            created_at: self.created_at,
+            submitting_since: self.submitting_since,
+            submitted_at: self.submitted_at,
+            finished_at: self.finished_at,
+            updated_at: self.updated_at,
+            now,
+        }
     }
 }
 

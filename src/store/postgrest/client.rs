@@ -33,6 +33,15 @@ const FUNCTION_MIGRATIONS: &[(&str, &str)] = &[
     ("backfill_begin_batch", "idempotent/004_batches.sql"),
     ("backfill_complete_batch", "idempotent/004_batches.sql"),
     ("backfill_fail_batch", "idempotent/004_batches.sql"),
+    ("backfill_queue_in_jobs", "idempotent/005_jobs.sql"),
+    ("backfill_jobs_due", "idempotent/005_jobs.sql"),
+    ("backfill_begin_job", "idempotent/005_jobs.sql"),
+    ("backfill_job_batches", "idempotent/005_jobs.sql"),
+    ("backfill_save_plans", "idempotent/005_jobs.sql"),
+    ("backfill_split_job", "idempotent/005_jobs.sql"),
+    ("backfill_update_job", "idempotent/005_jobs.sql"),
+    ("backfill_fail_job", "idempotent/005_jobs.sql"),
+    ("backfill_run_jobs", "idempotent/005_jobs.sql"),
 ];
 /// Statement timeouts tried again within one call: a timeout can be a lock
 /// held for a moment or a busy database, but the same statement failing three

@@ -9,6 +9,7 @@ mod adopt;
 mod batches;
 mod copies;
 mod documents;
+mod jobs;
 mod provenance;
 mod runs;
 

@@ -1,10 +1,14 @@
 //! A batch's texts as the API's inputs: one per distinct text, cut to the
 //! input limit, or one per chunk of a text that is averaged; and back from
-//! the inputs' vectors to one vector per document, a text's copies too.
+//! the inputs' vectors to one vector per document, a text's copies too. The
+//! way back is a [`Plan`], which holds no text: batch mode stores it with
+//! the batch, and the vectors that come back a day later find their rows
+//! and hashes in it.
 
 use crate::embedder::tokens::{self, Prepared, Tokenizer};
 use crate::ids::DocumentId;
 use crate::store::{Document, LongText, VectorRow, VectorSource};
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -12,15 +16,24 @@ use std::ops::Range;
 /// A document's part of the inputs, and the hash its write must match; a
 /// second document of the same text has no inputs and takes the first's
 /// vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Source {
     id: DocumentId,
     sha256: String,
     inputs: Range<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     copy_of: Option<usize>,
 }
 
+/// Which inputs make which document's vector, and each input's tokens.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    sources: Vec<Source>,
+    tokens: Vec<usize>,
+}
+
 /// One document's vector, made from its inputs' vectors.
-pub(super) struct Combined {
+pub struct Combined {
     id: DocumentId,
     embedding: Vec<f32>,
     sha256: String,
@@ -42,14 +55,14 @@ impl Combined {
     }
 }
 
-pub(super) struct Inputs {
+pub struct Inputs {
     tokenizer: Tokenizer,
     limit: usize,
     long_text: LongText,
     /// Every input, with the document it belongs to; a document's inputs
     /// are consecutive.
     pub inputs: Vec<(DocumentId, Prepared<'static>)>,
-    sources: Vec<Source>,
+    plan: Plan,
     /// The first source of each text, by its hash.
     by_text: HashMap<String, usize>,
 }
@@ -61,7 +74,7 @@ impl Inputs {
             limit,
             long_text,
             inputs: Vec::new(),
-            sources: Vec::new(),
+            plan: Plan::default(),
             by_text: HashMap::new(),
         }
     }
@@ -83,7 +96,7 @@ impl Inputs {
         let sha256 = d.sha256.unwrap_or_default();
         if let Some(&first) = self.by_text.get(&sha256).filter(|_| !sha256.is_empty()) {
             let at = self.inputs.len();
-            self.sources.push(Source {
+            self.plan.sources.push(Source {
                 id: d.id,
                 sha256,
                 inputs: at..at,
@@ -91,7 +104,7 @@ impl Inputs {
             });
             return;
         }
-        self.by_text.insert(sha256.clone(), self.sources.len());
+        self.by_text.insert(sha256.clone(), self.plan.sources.len());
         let start = self.inputs.len();
         match self.long_text {
             LongText::Truncate => self
@@ -108,7 +121,10 @@ impl Inputs {
                 }
             }
         }
-        self.sources.push(Source {
+        self.plan
+            .tokens
+            .extend(self.inputs[start..].iter().map(|(_, p)| p.tokens));
+        self.plan.sources.push(Source {
             id: d.id,
             sha256,
             inputs: start..self.inputs.len(),
@@ -126,7 +142,26 @@ impl Inputs {
 
     /// Texts embedded in more than one chunk.
     pub fn averaged(&self) -> usize {
-        self.sources.iter().filter(|s| s.inputs.len() > 1).count()
+        self.plan.averaged()
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn combine(
+        &self,
+        vectors: &[Option<Vec<f32>>],
+        failed: &HashSet<DocumentId>,
+    ) -> (Vec<Combined>, Vec<(DocumentId, DocumentId)>) {
+        self.plan.combine(vectors, failed)
+    }
+}
+
+impl Plan {
+    /// Inputs in all.
+    pub fn inputs(&self) -> usize {
+        self.tokens.len()
     }
 
     /// Each document's vector: its one input's, or the token-weighted mean
@@ -148,7 +183,7 @@ impl Inputs {
                 let parts: Option<Vec<(&[f32], usize)>> = s
                     .inputs
                     .clone()
-                    .map(|i| Some((vectors[i].as_deref()?, self.inputs[i].1.tokens)))
+                    .map(|i| Some((vectors[i].as_deref()?, self.tokens[i])))
                     .collect();
                 let parts = parts?;
                 Some(Combined {
@@ -184,5 +219,9 @@ impl Inputs {
         let mut all: Vec<Combined> = made.into_iter().flatten().chain(copies).collect();
         all.sort_by_key(|c| c.id);
         (all, failed_copies)
+    }
+
+    fn averaged(&self) -> usize {
+        self.sources.iter().filter(|s| s.inputs.len() > 1).count()
     }
 }

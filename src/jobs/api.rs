@@ -1,0 +1,394 @@
+//! The provider's Batch API over HTTP: files (streamed up, streamed down,
+//! listed, deleted) and batches (created, retrieved, found by their tags),
+//! its errors read as the embeddings' are.
+
+use crate::embedder::{BatchTarget, EmbedError};
+use crate::retry::Backoff;
+use futures::StreamExt;
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A Batch API batch's status. One this version does not know reads as
+/// `Unknown` and is watched like one in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteStatus {
+    Validating,
+    Failed,
+    InProgress,
+    Finalizing,
+    Completed,
+    Expired,
+    Cancelling,
+    Cancelled,
+    #[serde(other)]
+    Unknown,
+}
+
+impl RemoteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteStatus::Validating => "validating",
+            RemoteStatus::Failed => "failed",
+            RemoteStatus::InProgress => "in_progress",
+            RemoteStatus::Finalizing => "finalizing",
+            RemoteStatus::Completed => "completed",
+            RemoteStatus::Expired => "expired",
+            RemoteStatus::Cancelling => "cancelling",
+            RemoteStatus::Cancelled => "cancelled",
+            RemoteStatus::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RequestCounts {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RemoteError {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub line: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RemoteErrors {
+    #[serde(default)]
+    pub data: Vec<RemoteError>,
+}
+
+/// A Batch API batch, as much of it as the poller reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RemoteBatch {
+    pub id: String,
+    pub status: RemoteStatus,
+    #[serde(default)]
+    pub input_file_id: Option<String>,
+    #[serde(default)]
+    pub output_file_id: Option<String>,
+    #[serde(default)]
+    pub error_file_id: Option<String>,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub errors: Option<RemoteErrors>,
+    #[serde(default)]
+    pub request_counts: Option<RequestCounts>,
+    #[serde(default)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+impl RemoteBatch {
+    /// Why validation refused it, one line.
+    pub fn reason(&self) -> String {
+        let errors = self
+            .errors
+            .as_ref()
+            .map(|e| e.data.as_slice())
+            .unwrap_or(&[]);
+        if errors.is_empty() {
+            return format!(
+                "the Batch API ended batch {} {}",
+                self.id,
+                self.status.as_str()
+            );
+        }
+        errors
+            .iter()
+            .map(|e| {
+                let line = e.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                format!(
+                    "{}{line}: {}",
+                    e.code.as_deref().unwrap_or("error"),
+                    e.message.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Refused because the account's queue of batch tokens is full.
+    pub fn over_queue_limit(&self) -> bool {
+        self.errors.as_ref().is_some_and(|e| {
+            e.data
+                .iter()
+                .any(|d| d.code.as_deref() == Some("token_limit_exceeded"))
+        })
+    }
+
+    pub fn counts(&self) -> RequestCounts {
+        self.request_counts.clone().unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RemoteFile {
+    pub id: String,
+    #[serde(default)]
+    pub filename: String,
+}
+
+#[derive(Deserialize)]
+struct List<T> {
+    data: Vec<T>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
+/// Attempts of a call that changes nothing, against a moment's failure.
+const READ_RETRIES: Backoff = Backoff {
+    base: Duration::from_millis(500),
+    cap: Duration::from_secs(8),
+    max_attempts: 4,
+};
+
+#[derive(Clone, Debug)]
+pub struct BatchApi {
+    http: reqwest::Client,
+    target: BatchTarget,
+}
+
+impl BatchApi {
+    pub fn new(http: reqwest::Client, target: BatchTarget) -> Self {
+        Self { http, target }
+    }
+
+    pub fn target(&self) -> &BatchTarget {
+        &self.target
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.target.request(&self.http, method, path)
+    }
+
+    /// Sends once; an answer other than 2xx becomes the error it means.
+    async fn send(&self, req: RequestBuilder, path: &str) -> Result<reqwest::Response, EmbedError> {
+        let response = req.send().await.map_err(|e| EmbedError::Transport {
+            url: self.target.url(path),
+            url_var: "OPENAI_BASE_URL",
+            reason: e.to_string(),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap_or_default();
+        Err(self.target.classify(status.as_u16(), &headers, &body))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        path: &str,
+    ) -> Result<T, EmbedError> {
+        let bytes =
+            self.send(req, path)
+                .await?
+                .bytes()
+                .await
+                .map_err(|e| EmbedError::Transport {
+                    url: self.target.url(path),
+                    url_var: "OPENAI_BASE_URL",
+                    reason: e.to_string(),
+                })?;
+        serde_json::from_slice(&bytes).map_err(|e| EmbedError::Decode {
+            reason: format!("{path}: {e}"),
+        })
+    }
+
+    /// A call that changes nothing, tried again on a moment's failure.
+    async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, EmbedError> {
+        let mut attempt = 1;
+        loop {
+            match self.json(self.request(Method::GET, path), path).await {
+                Err(e) if e.is_retryable() => {
+                    match READ_RETRIES.next_delay(attempt, None, None, Duration::ZERO) {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err(e),
+                    }
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Uploads an input file as it is written: `body` yields its bytes.
+    pub async fn upload(
+        &self,
+        filename: &str,
+        body: reqwest::Body,
+    ) -> Result<RemoteFile, EmbedError> {
+        let part = reqwest::multipart::Part::stream(body)
+            .file_name(filename.to_string())
+            .mime_str("application/jsonl")
+            .map_err(|e| EmbedError::Decode {
+                reason: e.to_string(),
+            })?;
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part("file", part);
+        self.json(
+            self.request(Method::POST, "/files").multipart(form),
+            "/files",
+        )
+        .await
+    }
+
+    pub async fn create(
+        &self,
+        input_file_id: &str,
+        metadata: &HashMap<String, String>,
+    ) -> Result<RemoteBatch, EmbedError> {
+        let body = json!({
+            "input_file_id": input_file_id,
+            "endpoint": BatchTarget::ENDPOINT,
+            "completion_window": BatchTarget::COMPLETION_WINDOW,
+            "metadata": metadata,
+        });
+        self.json(
+            self.request(Method::POST, "/batches").json(&body),
+            "/batches",
+        )
+        .await
+    }
+
+    pub async fn retrieve(&self, id: &str) -> Result<RemoteBatch, EmbedError> {
+        self.read(&format!("/batches/{id}")).await
+    }
+
+    /// The newest batch tagged with all of `tags` created at or after
+    /// `since` (unix seconds): the list runs newest first, so the search
+    /// stops at the first one older.
+    pub async fn find(
+        &self,
+        tags: &HashMap<String, String>,
+        since: i64,
+    ) -> Result<Option<RemoteBatch>, EmbedError> {
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                Some(a) => format!("/batches?limit=100&after={a}"),
+                None => "/batches?limit=100".to_string(),
+            };
+            let page: List<RemoteBatch> = self.read(&path).await?;
+            for b in &page.data {
+                if b.created_at < since {
+                    return Ok(None);
+                }
+                let meta = b.metadata.as_ref();
+                if tags
+                    .iter()
+                    .all(|(k, v)| meta.and_then(|m| m.get(k)) == Some(v))
+                {
+                    return Ok(Some(b.clone()));
+                }
+            }
+            match (page.has_more, page.last_id) {
+                (true, Some(last)) => after = Some(last),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// The account's files of purpose `batch` named `filename`.
+    pub async fn files_named(&self, filename: &str) -> Result<Vec<RemoteFile>, EmbedError> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                Some(a) => format!("/files?purpose=batch&limit=1000&after={a}"),
+                None => "/files?purpose=batch&limit=1000".to_string(),
+            };
+            let page: List<RemoteFile> = self.read(&path).await?;
+            found.extend(page.data.iter().filter(|f| f.filename == filename).cloned());
+            match (page.has_more, page.last_id) {
+                (true, Some(last)) => after = Some(last),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    pub async fn delete_file(&self, id: &str) -> Result<(), EmbedError> {
+        let path = format!("/files/{id}");
+        let _: Value = self
+            .json(self.request(Method::DELETE, &path), &path)
+            .await?;
+        Ok(())
+    }
+
+    /// A file's lines as they arrive, one at a time.
+    pub async fn lines(&self, file_id: &str) -> Result<Lines, EmbedError> {
+        let path = format!("/files/{file_id}/content");
+        let response = self.send(self.request(Method::GET, &path), &path).await?;
+        Ok(Lines {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+            url: self.target.url(&path),
+            done: false,
+        })
+    }
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A downloading file read line by line: only the line at hand and what
+/// arrived after it are in memory.
+pub struct Lines {
+    stream: ByteStream,
+    buffer: Vec<u8>,
+    url: String,
+    done: bool,
+}
+
+impl Lines {
+    /// The next non-blank line, `None` at the end.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, EmbedError> {
+        loop {
+            if let Some(at) = self.buffer.iter().position(|b| *b == b'\n') {
+                let rest = self.buffer.split_off(at + 1);
+                let mut line = std::mem::replace(&mut self.buffer, rest);
+                line.truncate(at);
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(Some(line));
+            }
+            if self.done {
+                if self.buffer.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                return Ok(Some(std::mem::take(&mut self.buffer)));
+            }
+            match self.stream.next().await {
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Err(EmbedError::Transport {
+                        url: self.url.clone(),
+                        url_var: "OPENAI_BASE_URL",
+                        reason: e.to_string(),
+                    })
+                }
+                None => self.done = true,
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Watching a submitted job and collecting it once it has ended: its output
+//! file streamed a line at a time, each batch's vectors written with the
+//! hashes its plan recorded, through the same guarded completion as direct
+//! mode, so a batch counts once however often collection runs. Lines that
+//! did not finish (expired, or failed on the provider's side) go back into
+//! a new job; lines the API refused for their inputs are embedded in direct
+//! mode, where bisection finds the documents at fault.
+
+use super::{BatchPlan, JobError, Poller, RemoteStatus};
+use crate::ids::{BatchSeq, DocumentId};
+use crate::inputs::Combined;
+use crate::queue::BatchMessage;
+use crate::store::BatchRef;
+use crate::store::{Job, JobState, JobUpdate, JobsDue, VectorRow};
+use crate::worker::{Settings, WRITE_CHUNK};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use tokio::time::Instant;
+
+/// Batches of a job read to find its middle: more than a job of 50,000
+/// documents holds at one document a batch would be absurd.
+const HALVE_SCAN: u32 = 50_000;
+
+/// How watching a job ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) enum Watched {
+    /// Still at the provider.
+    #[default]
+    Running,
+    /// Collected: its batches ended or went to other jobs.
+    Collected { batches: u64, requeued: u64 },
+    /// The provider's queue was full: back to ready.
+    Requeued,
+    /// Refused or cancelled: its batches failed with the reason.
+    Failed,
+}
+
+#[derive(Deserialize)]
+struct OutputLine {
+    custom_id: String,
+    #[serde(default)]
+    response: Option<LineResponse>,
+    #[serde(default)]
+    error: Option<LineError>,
+}
+
+#[derive(Deserialize)]
+struct LineResponse {
+    status_code: u16,
+    #[serde(default)]
+    body: Value,
+}
+
+#[derive(Deserialize)]
+struct LineError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// A batch of the job being collected: its plan and what has come back.
+struct Open {
+    first_id: DocumentId,
+    last_id: DocumentId,
+    plan: BatchPlan,
+    vectors: Vec<Option<Vec<f32>>>,
+    lines_left: usize,
+    tokens: u64,
+}
+
+/// What becomes of a batch whose lines did not all come back.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Redo {
+    /// Into a new job: the lines did not run (expired, cancelled, a fault
+    /// of the provider's).
+    Resubmit,
+    /// In direct mode now: the API refused an input of it.
+    Direct,
+}
+
+impl Poller {
+    pub(super) async fn watch(
+        &self,
+        job: &Job,
+        settings: &Settings,
+        due: &JobsDue,
+        deadline: Option<Instant>,
+    ) -> Result<Watched, JobError> {
+        let Some(batch_id) = job.batch_id.as_deref() else {
+            // Submitted with no batch recorded cannot be; start it over.
+            self.set_state(job, JobState::Ready).await?;
+            return Ok(Watched::Requeued);
+        };
+        let remote = self.api.retrieve(batch_id).await?;
+        let counts = remote.counts();
+        let seen = JobUpdate {
+            provider_status: Some(remote.status.as_str().into()),
+            lines_completed: Some(counts.completed),
+            lines_failed: Some(counts.failed),
+            ..Default::default()
+        };
+        match remote.status {
+            RemoteStatus::Completed | RemoteStatus::Expired => {
+                let (batches, requeued) = self.collect(job, settings, &remote, deadline).await?;
+                self.store
+                    .update_job(
+                        job.run_id,
+                        job.seq,
+                        &JobUpdate {
+                            state: Some(JobState::Done),
+                            ..seen
+                        },
+                    )
+                    .await?;
+                if let Some(file) = &job.input_file_id {
+                    if let Err(e) = self.api.delete_file(file).await {
+                        tracing::warn!(file_id = %file, error = %e, "could not delete a collected job's input file; it expires with the account's file retention");
+                    }
+                }
+                Ok(Watched::Collected { batches, requeued })
+            }
+            RemoteStatus::Failed if remote.over_queue_limit() => {
+                // Refused while others were queued, it waits for fewer;
+                // refused with none ahead, it is more than the whole queue.
+                let behind = job
+                    .queued_before
+                    .unwrap_or(due.queued_jobs.saturating_sub(1));
+                if behind == 0 {
+                    return self.halve(job, &remote.reason(), seen).await;
+                }
+                // The file stays: the job goes again once the queue has room.
+                tracing::info!(run_id = %job.run_id, job = job.seq.0, queued_jobs = behind, "the provider's queue is full (token_limit_exceeded); the job waits");
+                self.store
+                    .update_job(
+                        job.run_id,
+                        job.seq,
+                        &JobUpdate {
+                            state: Some(JobState::Ready),
+                            blocked_behind: Some(Some(behind)),
+                            error: Some(remote.reason()),
+                            ..seen
+                        },
+                    )
+                    .await?;
+                Ok(Watched::Requeued)
+            }
+            RemoteStatus::Failed | RemoteStatus::Cancelled => {
+                let reason = match remote.status {
+                    RemoteStatus::Cancelled => format!(
+                        "the Batch API batch {} was cancelled (not by this tool); `backfill retry-failed {}` submits its batches again",
+                        remote.id, job.run_id
+                    ),
+                    _ => format!(
+                        "the Batch API refused the job's input file: {}; fix the cause, then `backfill retry-failed {}`",
+                        remote.reason(),
+                        job.run_id
+                    ),
+                };
+                self.store.update_job(job.run_id, job.seq, &seen).await?;
+                self.store.fail_job(job.run_id, job.seq, &reason).await?;
+                Ok(Watched::Failed)
+            }
+            _ => {
+                self.store
+                    .update_job(
+                        job.run_id,
+                        job.seq,
+                        &JobUpdate {
+                            state: Some(JobState::Submitted),
+                            ..seen
+                        },
+                    )
+                    .await?;
+                Ok(Watched::Running)
+            }
+        }
+    }
+
+    /// A job the provider refused with nothing else of ours queued is
+    /// larger than the account's whole queue: its second half becomes a
+    /// job of its own, and both are written again. A job of one batch
+    /// cannot be halved and fails.
+    async fn halve(&self, job: &Job, reason: &str, seen: JobUpdate) -> Result<Watched, JobError> {
+        let batches = self
+            .store
+            .job_batches(job.run_id, job.seq, None, HALVE_SCAN)
+            .await?;
+        if batches.len() < 2 {
+            let error = format!(
+                "the provider's queue cannot hold even this one batch ({reason}); embed it in direct mode: `backfill retry-failed {}` after dispatching the rest",
+                job.run_id
+            );
+            self.store.update_job(job.run_id, job.seq, &seen).await?;
+            self.store.fail_job(job.run_id, job.seq, &error).await?;
+            return Ok(Watched::Failed);
+        }
+        let moved = self
+            .store
+            .split_job(job.run_id, job.seq, batches[batches.len() / 2].seq)
+            .await?;
+        tracing::info!(run_id = %job.run_id, job = job.seq.0, new_job = moved.0, "the job alone is over the provider's queue: halved");
+        if let Some(file) = &job.input_file_id {
+            if let Err(e) = self.api.delete_file(file).await {
+                tracing::warn!(file_id = %file, error = %e, "could not delete a halved job's input file");
+            }
+        }
+        self.store
+            .update_job(
+                job.run_id,
+                job.seq,
+                &JobUpdate {
+                    state: Some(JobState::Ready),
+                    input_file_id: Some(None),
+                    blocked_behind: Some(None),
+                    error: Some(reason.to_string()),
+                    ..seen
+                },
+            )
+            .await?;
+        Ok(Watched::Requeued)
+    }
+
+    /// Streams the output and error files; returns the batches that ended
+    /// here and those that went back into a new job.
+    async fn collect(
+        &self,
+        job: &Job,
+        settings: &Settings,
+        remote: &super::api::RemoteBatch,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, u64), JobError> {
+        let mut open = self.open_batches(job).await?;
+        let mut ended = 0u64;
+        // Batches whose every line is written: none of theirs are left.
+        for seq in open
+            .iter()
+            .filter(|(_, o)| o.lines_left == 0)
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>()
+        {
+            if let Some(o) = open.remove(&seq) {
+                self.finish(job, seq, o).await?;
+                ended += 1;
+            }
+        }
+        if let Some(file) = &remote.output_file_id {
+            let mut lines = self.api.lines(file).await?;
+            while let Some(raw) = lines.next_line().await? {
+                let line = parse(&raw, job)?;
+                let Some((seq, at)) = custom_id_of(&line.custom_id) else {
+                    continue;
+                };
+                let Some(o) = open.get_mut(&seq) else {
+                    // Its batch ended on an earlier collection, or moved on.
+                    continue;
+                };
+                let Some(range) = o.plan.lines.get(at).cloned() else {
+                    continue;
+                };
+                let Some(response) = line.response.filter(|r| r.status_code == 200) else {
+                    continue;
+                };
+                let got = self.api.target().decode(response.body, range.len())?;
+                o.tokens += got.prompt_tokens;
+                for (slot, v) in o.vectors[range].iter_mut().zip(got.vectors) {
+                    *slot = Some(v);
+                }
+                o.lines_left -= 1;
+                if o.lines_left == 0 {
+                    if let Some(o) = open.remove(&seq) {
+                        self.finish(job, seq, o).await?;
+                        ended += 1;
+                    }
+                }
+            }
+        }
+        let mut redo: BTreeMap<BatchSeq, Redo> = BTreeMap::new();
+        let mut reasons: BTreeMap<BatchSeq, String> = BTreeMap::new();
+        if let Some(file) = &remote.error_file_id {
+            let mut lines = self.api.lines(file).await?;
+            while let Some(raw) = lines.next_line().await? {
+                let line = parse(&raw, job)?;
+                let Some((seq, _)) = custom_id_of(&line.custom_id) else {
+                    continue;
+                };
+                if !open.contains_key(&seq) {
+                    continue;
+                }
+                let (how, why) = self.judge(&line);
+                let r = redo.entry(seq).or_insert(how);
+                *r = (*r).max(how);
+                reasons.entry(seq).or_insert(why);
+            }
+        }
+        // What is still open did not all come back: its finished documents
+        // are written now, and the rest goes again.
+        let mut resubmit = Vec::new();
+        for (seq, o) in open {
+            let how = redo.get(&seq).copied().unwrap_or(Redo::Resubmit);
+            let why = reasons
+                .remove(&seq)
+                .unwrap_or_else(|| "its line did not come back".into());
+            self.write_partial(job, seq, &o, &why).await?;
+            match how {
+                Redo::Resubmit => resubmit.push(seq),
+                Redo::Direct => {
+                    let batch = BatchRef {
+                        seq,
+                        first_id: o.first_id,
+                        last_id: o.last_id,
+                    };
+                    let message = BatchMessage::of(job.run_id, &batch);
+                    let result = self.worker.work_batch(&message, deadline).await;
+                    if let Err(e) = result {
+                        tracing::warn!(run_id = %job.run_id, batch = seq.0, error = %e, "a batch the Batch API refused an input of failed in direct mode too");
+                    }
+                    ended += 1;
+                }
+            }
+        }
+        let requeued = if resubmit.is_empty() {
+            0
+        } else {
+            self.store
+                .queue_in_jobs(job.run_id, &resubmit, settings.job_size, Some(job.seq))
+                .await?
+        };
+        Ok((ended, requeued))
+    }
+
+    /// The job's batches that have not ended, with their plans.
+    async fn open_batches(&self, job: &Job) -> Result<BTreeMap<BatchSeq, Open>, JobError> {
+        let mut open = BTreeMap::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .job_batches(job.run_id, job.seq, after, 500)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(open);
+            };
+            after = Some(last.seq);
+            for b in page {
+                let plan: BatchPlan = b.plan.and_then(|p| serde_json::from_value(p).ok()).ok_or(
+                    JobError::NoPlan {
+                        run: job.run_id,
+                        job: job.seq,
+                        batch: b.seq,
+                    },
+                )?;
+                let inputs = plan.plan.inputs();
+                open.insert(
+                    b.seq,
+                    Open {
+                        first_id: b.first_id,
+                        last_id: b.last_id,
+                        lines_left: plan.lines.len(),
+                        plan,
+                        vectors: vec![None; inputs],
+                        tokens: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends a batch all of whose lines came back, as the worker would.
+    async fn finish(&self, job: &Job, seq: BatchSeq, o: Open) -> Result<(), JobError> {
+        let (combined, _) = o.plan.plan.combine(&o.vectors, &HashSet::new());
+        let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
+        let last = rows.len().saturating_sub(1) / WRITE_CHUNK * WRITE_CHUNK;
+        for chunk in rows[..last].chunks(WRITE_CHUNK) {
+            self.store.write_vectors(job.run_id, seq, chunk).await?;
+        }
+        self.store
+            .complete_batch(job.run_id, seq, &rows[last..], o.tokens, &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the documents of a batch whose lines came back in part, and
+    /// records why the rest goes again and what the part was billed.
+    async fn write_partial(
+        &self,
+        job: &Job,
+        seq: BatchSeq,
+        o: &Open,
+        why: &str,
+    ) -> Result<(), JobError> {
+        let (combined, _) = o.plan.plan.combine(&o.vectors, &HashSet::new());
+        let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
+        for chunk in rows.chunks(WRITE_CHUNK) {
+            self.store.write_vectors(job.run_id, seq, chunk).await?;
+        }
+        let error = format!("batch mode: {why}");
+        self.store
+            .fail_batch(job.run_id, seq, &error, false, o.tokens)
+            .await?;
+        Ok(())
+    }
+
+    /// What a line of the error file asks for, and why.
+    fn judge(&self, line: &OutputLine) -> (Redo, String) {
+        if let Some(e) = &line.error {
+            let code = e.code.as_deref().unwrap_or("error");
+            let message = e.message.as_deref().unwrap_or("");
+            return (Redo::Resubmit, format!("{code}: {message}"));
+        }
+        let Some(r) = &line.response else {
+            return (
+                Redo::Resubmit,
+                "a line with neither response nor error".into(),
+            );
+        };
+        let body = serde_json::to_vec(&r.body).unwrap_or_default();
+        let err =
+            self.api
+                .target()
+                .classify(r.status_code, &reqwest::header::HeaderMap::new(), &body);
+        let how = if err.is_retryable() {
+            Redo::Resubmit
+        } else {
+            Redo::Direct
+        };
+        (how, err.to_string())
+    }
+
+    async fn set_state(&self, job: &Job, state: JobState) -> Result<Job, JobError> {
+        Ok(self
+            .store
+            .update_job(
+                job.run_id,
+                job.seq,
+                &JobUpdate {
+                    state: Some(state),
+                    ..Default::default()
+                },
+            )
+            .await?)
+    }
+}
+
+fn parse(raw: &[u8], job: &Job) -> Result<OutputLine, JobError> {
+    serde_json::from_slice(raw).map_err(|e| JobError::Line {
+        run: job.run_id,
+        job: job.seq,
+        reason: e.to_string(),
+    })
+}
+
+/// The batch and line a custom id names; `None` for one this tool did not write.
+fn custom_id_of(id: &str) -> Option<(BatchSeq, usize)> {
+    let (seq, line) = id.split_once('-')?;
+    Some((BatchSeq(seq.parse().ok()?), line.parse().ok()?))
+}
