@@ -1,7 +1,7 @@
 //! Progress of a run as the old tool printed it: done/total, percent, docs/s,
 //! elapsed and ETA, computed from the status row so any process can show it.
 
-use crate::store::{RunState, RunStatus};
+use crate::store::{Job, JobState, RunState, RunStatus};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -66,15 +66,31 @@ pub struct Stall {
 /// message is waiting or in flight. Its messages are gone (a last delivery
 /// that crashed, messages that expired), so only the status tables can bring
 /// its batches back. A dispatch that stopped is stalled the same way.
-pub fn stall(status: &RunStatus, after: Duration, queue_empty: Option<bool>) -> Option<Stall> {
-    let idle = (status.now - status.updated_at)
-        .to_std()
-        .unwrap_or_default();
+pub fn stall(
+    status: &RunStatus,
+    after: Duration,
+    queue_empty: Option<bool>,
+    jobs: &[Job],
+) -> Option<Stall> {
+    // A batch-mode run moves when its poller looks at its jobs, which
+    // records what the provider said even while nothing ends for hours.
+    let last = jobs
+        .iter()
+        .map(|j| j.updated_at)
+        .fold(status.updated_at, |a, b| a.max(b));
+    let idle = (status.now - last).to_std().unwrap_or_default();
     if idle < after || queue_empty == Some(false) {
         return None;
     }
+    let waiting = jobs
+        .iter()
+        .any(|j| matches!(j.state, JobState::Ready | JobState::Submitted));
     let remedy = match status.state {
         RunState::Dispatching => format!("backfill dispatch --continue {}", status.id),
+        RunState::Running if waiting => format!(
+            "backfill poll --run {} (the poller's schedule is not running: is PollerEnabled true?)",
+            status.id
+        ),
         RunState::Running if status.batches_done + status.batches_failed < status.total_batches => {
             format!("backfill retry-failed {} --unfinished", status.id)
         }
@@ -122,22 +138,48 @@ mod tests {
     #[test]
     fn a_run_with_work_left_and_nothing_moving_is_stalled() {
         let after = DEFAULT_STALLED_AFTER;
-        let s = stall(&run(RunState::Running, 45, 3, 5), after, None).unwrap();
+        let s = stall(&run(RunState::Running, 45, 3, 5), after, None, &[]).unwrap();
         assert!(s.remedy.ends_with("--unfinished"), "{}", s.remedy);
         assert!(s.idle_secs >= 45.0 * 60.0);
-        assert!(stall(&run(RunState::Running, 45, 3, 5), after, Some(true)).is_some());
+        assert!(stall(&run(RunState::Running, 45, 3, 5), after, Some(true), &[]).is_some());
         // Messages still queued or in flight: they will move it.
-        assert!(stall(&run(RunState::Running, 45, 3, 5), after, Some(false)).is_none());
+        assert!(stall(&run(RunState::Running, 45, 3, 5), after, Some(false), &[]).is_none());
         // Recently moved, or nothing left to do.
-        assert!(stall(&run(RunState::Running, 5, 3, 5), after, None).is_none());
-        assert!(stall(&run(RunState::Running, 45, 5, 5), after, None).is_none());
-        assert!(stall(&run(RunState::Completed, 45, 5, 5), after, None).is_none());
-        let d = stall(&run(RunState::Dispatching, 45, 0, 5), after, None).unwrap();
+        assert!(stall(&run(RunState::Running, 5, 3, 5), after, None, &[]).is_none());
+        assert!(stall(&run(RunState::Running, 45, 5, 5), after, None, &[]).is_none());
+        assert!(stall(&run(RunState::Completed, 45, 5, 5), after, None, &[]).is_none());
+        let d = stall(&run(RunState::Dispatching, 45, 0, 5), after, None, &[]).unwrap();
         assert!(
             d.remedy.starts_with("backfill dispatch --continue"),
             "{}",
             d.remedy
         );
+    }
+
+    fn job(state: JobState, idle_mins: i64) -> Job {
+        let now = Utc::now();
+        serde_json::from_value(serde_json::json!({
+            "run_id": "6f1c3c0e-8a8e-4a43-9d2c-3e4f5a6b7c8d", "seq": 0, "state": state,
+            "documents": 100, "estimated_tokens": 1000, "input_file_id": "file-1",
+            "batch_id": "batch_1", "provider_status": "in_progress", "lines_total": 1,
+            "lines_completed": 0, "lines_failed": 0, "blocked_behind": null, "attempts": 1,
+            "error": null, "created_at": now - TimeDelta::hours(5), "submitting_since": null,
+            "submitted_at": null, "finished_at": null,
+            "updated_at": now - TimeDelta::minutes(idle_mins), "now": now,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_run_moves_while_its_poller_looks_at_its_jobs() {
+        let after = DEFAULT_STALLED_AFTER;
+        // Nothing has ended for hours, but the poller looked a minute ago.
+        let waiting = run(RunState::Running, 240, 3, 5);
+        let looked = [job(JobState::Submitted, 1)];
+        assert!(stall(&waiting, after, None, &looked).is_none());
+        // No poller has looked for 45 minutes: it is not running.
+        let s = stall(&waiting, after, None, &[job(JobState::Submitted, 45)]).unwrap();
+        assert!(s.remedy.starts_with("backfill poll --run"), "{}", s.remedy);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! queues a run's failed batches again from the status tables, even after the
 //! dead-letter queue's messages have expired.
 
+use crate::dispatch::RunParams;
 use crate::ids::{BatchSeq, RunId};
 use crate::queue::{BatchMessage, Queue, QueueError, SqsQueue};
-use crate::store::{BatchState, Store, StoreError};
+use crate::store::{BatchState, Mode, Store, StoreError};
 use serde::Serialize;
 use std::time::Duration;
 use thiserror::Error;
@@ -71,6 +72,8 @@ pub enum RetryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("run {0} does not exist in backfill_runs")]
+    UnknownRun(RunId),
 }
 
 /// Batches reopened and queued per round, so each call stays small.
@@ -81,13 +84,19 @@ const RETRY_CHUNK: usize = 1000;
 /// again); with `unfinished`, also every batch that never ended. Each batch
 /// is taken out of the run's counters first, so its deliveries get the full
 /// retry budget and its documents count once, as embedded or as failed.
-/// Returns how many batches were queued.
+/// Returns how many batches were queued. A batch-mode run's batches go into
+/// new jobs instead, except those of a job still at the provider.
 pub async fn retry_failed<Q: Queue>(
     store: &dyn Store,
     queue: &Q,
     run: RunId,
     unfinished: bool,
 ) -> Result<u64, RetryError> {
+    let status = store
+        .run_status(Some(run))
+        .await?
+        .ok_or(RetryError::UnknownRun(run))?;
+    let options = RunParams::read(&status.params).map(|p| p.options);
     let mut states = vec![BatchState::DoneWithFailures];
     if unfinished {
         states.extend(BatchState::UNFINISHED);
@@ -96,11 +105,21 @@ pub async fn retry_failed<Q: Queue>(
     }
     // A batch still in flight may be queued twice this way; it is counted once.
     let batches = store.batches_in(run, &states).await?;
+    let mut queued = 0;
     for chunk in batches.chunks(RETRY_CHUNK) {
         let seqs: Vec<BatchSeq> = chunk.iter().map(|b| b.seq).collect();
         store.reopen_batches(run, &seqs).await?;
-        let messages: Vec<BatchMessage> = chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
-        queue.send(&messages).await?;
+        match &options {
+            Some(o) if o.mode == Mode::Batch => {
+                queued += store.queue_in_jobs(run, &seqs, o.job_size, None).await?;
+            }
+            _ => {
+                let messages: Vec<BatchMessage> =
+                    chunk.iter().map(|b| BatchMessage::of(run, b)).collect();
+                queue.send(&messages).await?;
+                queued += chunk.len() as u64;
+            }
+        }
     }
-    Ok(batches.len() as u64)
+    Ok(queued)
 }

@@ -211,11 +211,27 @@ async fn expired_lines_go_again_and_a_refused_input_fails_alone() {
     assert_eq!(stats["batches"], 2, "{stats}");
     let direct = stats["requests"].as_u64().unwrap();
     assert!((1..=15).contains(&direct), "{stats}");
-    let jobs = json_of(&backfill(&stack, &["status", "--json"]));
-    assert!(
-        jobs["jobs"].as_array().is_some_and(|j| j.len() == 2),
-        "{jobs}"
-    );
+    let run = status["id"].as_str().unwrap().to_string();
+    let jobs = json_of(&backfill(&stack, &["status", &run, "--json"]));
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
+
+    // retry-failed puts the poison's batch into a new job, not on SQS; it
+    // fails alone again, and nothing is counted twice.
+    let retried = backfill(&stack, &["retry-failed", &run, "--json"]);
+    assert!(retried.status.success(), "{retried:?}");
+    for _ in 0..10 {
+        json_of(&backfill(&stack, &["poll", "--run", &run, "--json"]));
+        let s = json_of(&backfill(&stack, &["status", &run, "--json"]));
+        if s["state"] != "running" {
+            break;
+        }
+    }
+    let again = json_of(&backfill(&stack, &["status", &run, "--json"]));
+    assert_eq!(again["state"], "completed_with_errors", "{again}");
+    assert_eq!(again["documents_embedded"], 199, "{again}");
+    assert_eq!(again["documents_failed"], 1, "{again}");
+    assert_eq!(again["jobs"].as_array().map(Vec::len), Some(3), "{again}");
+    assert_eq!(standin.stats().await["batches"], 3);
 }
 
 #[tokio::test]

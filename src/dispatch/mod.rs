@@ -144,7 +144,7 @@ fn active_run_message(run: &RunStatus) -> String {
         .map(|a| format!("archive {a:?}"))
         .unwrap_or_else(|| "all archives".into());
     let ended = run.batches_done + run.batches_failed;
-    match progress::stall(run, progress::DEFAULT_STALLED_AFTER, None) {
+    match progress::stall(run, progress::DEFAULT_STALLED_AFTER, None, &[]) {
         Some(stall) => format!(
             "run {} over {what} is stalled: {ended} of {} batches ended and nothing has moved for {}. Finish it with `{}`, or pass force to start another anyway",
             run.id,

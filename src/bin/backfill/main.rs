@@ -245,11 +245,17 @@ async fn status<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &StatusArgs) 
                 None => bail!("no runs yet: start one with `backfill dispatch` or `backfill run`"),
             }
         };
-        let stall = progress::stall(&status, stalled_after, queue_empty(queue.as_ref()).await);
         let jobs = match RunParams::read(&status.params) {
             Some(p) if p.options.mode == Mode::Batch => store.run_jobs(status.id).await?,
             _ => Vec::new(),
         };
+        // A batch run's queue is the provider's, not SQS.
+        let queue_empty = if jobs.is_empty() {
+            queue_empty(queue.as_ref()).await
+        } else {
+            None
+        };
+        let stall = progress::stall(&status, stalled_after, queue_empty, &jobs);
         render::status(&status, &jobs, stall, args.json)?;
         if !args.watch || status.state.is_finished() {
             return Ok(());
