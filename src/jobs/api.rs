@@ -360,6 +360,17 @@ pub struct Lines {
 }
 
 impl Lines {
+    #[cfg(test)]
+    pub(super) fn of_chunks(chunks: Vec<&'static [u8]>) -> Self {
+        let items = chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c)));
+        Self {
+            stream: Box::pin(futures::stream::iter(items.collect::<Vec<_>>())),
+            buffer: Vec::new(),
+            url: "test".into(),
+            done: false,
+        }
+    }
+
     /// The next non-blank line, `None` at the end.
     pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, EmbedError> {
         loop {

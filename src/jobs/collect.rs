@@ -452,7 +452,7 @@ fn parse(raw: &[u8], job: &Job) -> Result<OutputLine, JobError> {
 }
 
 /// The batch and line a custom id names; `None` for one this tool did not write.
-fn custom_id_of(id: &str) -> Option<(BatchSeq, usize)> {
+pub(super) fn custom_id_of(id: &str) -> Option<(BatchSeq, usize)> {
     let (seq, line) = id.split_once('-')?;
     Some((BatchSeq(seq.parse().ok()?), line.parse().ok()?))
 }

@@ -289,6 +289,9 @@ impl Poller {
     }
 }
 
+#[cfg(test)]
+mod tests;
+
 enum Handled {
     Submitted(Submitted),
     Watched(Watched),
