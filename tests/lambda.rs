@@ -1,12 +1,14 @@
-//! The `dispatcher` and `worker` binaries as Lambda functions, under
+//! The `dispatcher`, `worker` and `poller` binaries as Lambda functions, under
 //! `cargo lambda watch` (the Lambda runtime API emulator): every sample event in
 //! `events/` goes through the Invoke API, queued batches reach the worker as
-//! SQS events the way an event source mapping delivers them, and the keys come
-//! from Secrets Manager at cold start, not from the environment.
+//! SQS events the way an event source mapping delivers them, batch mode's jobs
+//! go through the poller as its schedule invokes it, and the keys come from
+//! Secrets Manager at cold start, not from the environment.
 
 mod common;
 
-use common::{insert_docs, repo_root, run_of, sample_texts, unique, vectors, Stack};
+use common::{insert_docs, repo_root, run_of, sample_texts, unique, vectors, Stack, Standin};
+use embed_backfill::ids::RunId;
 use embed_backfill::store::RunState;
 use embed_backfill::{handlers, invoke};
 use std::collections::HashMap;
@@ -510,6 +512,165 @@ async fn the_lambda_binaries_run_every_sample_event() {
             ),
             None => assert!(!stored.contains_key(id), "{id} is empty"),
         }
+    }
+    drop(emulator);
+    pg.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+/// Batch mode as deployed: the dispatcher puts the run into jobs instead of
+/// on the queue, and the scheduled poller submits and collects them through
+/// the Batch API. The stand-in is private so its counters are this test's, and
+/// the table too, since a poller takes the jobs of every run over its table.
+#[tokio::test]
+async fn batch_mode_runs_through_the_dispatcher_and_the_scheduled_poller() {
+    let standin = Standin::spawn(&[]);
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let table = unique("lambda_batch_docs").replace('-', "_");
+    pg.batch_execute(&format!(
+        "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text, embedding vector(1536));
+         GRANT SELECT, UPDATE ON {table} TO service_role;"
+    ))
+    .await
+    .unwrap();
+    let texts = sample_texts(30);
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
+    let ids = insert_docs(&pg, &table, ARCHIVE, &refs).await;
+    let stack = stack
+        .with("BACKFILL_TABLE", &table)
+        .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
+        .with("OPENAI_API_KEY", &standin.key);
+    let (queue, _) = stack.fresh_queue(60, 5).await;
+    let queue_url = queue.url().to_string();
+    let mut vars = keys_in_secrets_manager(&stack).await;
+    vars.insert("BACKFILL_QUEUE_URL".into(), queue_url.clone());
+    vars.insert("RUST_LOG".into(), "info".into());
+    let emulator = Emulator::start(&vars);
+    let lambda = emulator.client(&stack);
+
+    // The sample event dispatches the archive the documents were put in.
+    let event = sample_event("dispatch-batch.json");
+    assert_eq!(event["archive"], ARCHIVE, "{event}");
+    let dispatched = invoke(&lambda, "dispatcher", &event)
+        .await
+        .unwrap_or_else(|e| panic!("batch dispatch: {e}"));
+    assert_eq!(
+        (
+            dispatched["documents"].as_u64(),
+            dispatched["batches"].as_u64(),
+            dispatched["complete"].as_bool()
+        ),
+        (Some(30), Some(1), Some(true)),
+        "{dispatched}"
+    );
+    let run_id: RunId = dispatched["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run id: {dispatched}"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        stack.queue_depth(&queue_url).await,
+        0,
+        "batch mode queues no message"
+    );
+
+    // The stand-in completes a batch when it is first looked at: one tick
+    // submits the job, the next collects it. A few more allow for slowness.
+    let scheduled = sample_event("poll-scheduled.json");
+    let store = stack.store();
+    let started = Instant::now();
+    let mut ticks = Vec::new();
+    for _ in 0..10 {
+        let tick = invoke(&lambda, "poller", &scheduled)
+            .await
+            .unwrap_or_else(|e| panic!("scheduled poll: {e}"));
+        for field in [
+            "submitted",
+            "waiting",
+            "running",
+            "collected",
+            "batches_ended",
+            "batches_requeued",
+            "failed",
+            "left",
+        ] {
+            assert!(tick[field].is_u64(), "{field}: {tick}");
+        }
+        assert_eq!(tick["errors"], serde_json::json!([]), "{tick}");
+        ticks.push(tick);
+        if run_of(&store, run_id).await.state.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    eprintln!(
+        "batch mode: {} poller invocation(s) in {:.1?}",
+        ticks.len(),
+        started.elapsed()
+    );
+    let total = |field: &str| -> u64 { ticks.iter().map(|t| t[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        (
+            total("submitted"),
+            total("collected"),
+            total("batches_ended"),
+            total("failed")
+        ),
+        (1, 1, 1, 0),
+        "{ticks:?}"
+    );
+    let run = run_of(&store, run_id).await;
+    assert_eq!(run.state, RunState::Completed, "{run:?}");
+    let written: Vec<(i64, &str)> = ids
+        .iter()
+        .zip(&refs)
+        .filter_map(|(id, t)| t.filter(|t| !t.trim().is_empty()).map(|t| (*id, t)))
+        .collect();
+    assert_eq!(
+        (run.documents_embedded, run.documents_failed),
+        (written.len() as u64, 0),
+        "{run:?}"
+    );
+
+    // Every vector came from the Batch API: read before the expected vectors
+    // below, which are direct requests.
+    let stats = standin.stats().await;
+    assert_eq!(
+        (stats["batches"].as_u64(), stats["requests"].as_u64()),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
+    // Long texts are sent cut to the model's input limit.
+    let sent: Vec<String> = written
+        .iter()
+        .map(|(_, t)| {
+            embed_backfill::tokens::truncate(t, embed_backfill::tokens::MAX_INPUT_TOKENS)
+                .text
+                .into_owned()
+        })
+        .collect();
+    let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
+    let expected = stack.expected_vectors(&sent).await;
+    let stored = vectors(&pg, &table, &ids).await;
+    assert_eq!(stored.len(), written.len(), "blank documents get no vector");
+    for ((id, _), want) in written.iter().zip(expected) {
+        let got = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} has no vector"));
+        let close =
+            got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6);
+        assert!(close, "{id} holds another text's vector");
+    }
+
+    // Anything but an object is a mistaken invocation, refused as such.
+    for wrong in [serde_json::json!("tick"), serde_json::json!([{}])] {
+        let err = invoke(&lambda, "poller", &wrong).await.unwrap_err();
+        assert!(
+            err.to_string().contains("must be a JSON object"),
+            "{wrong}: {err}"
+        );
     }
     drop(emulator);
     pg.batch_execute(&format!("DROP TABLE {table}"))

@@ -559,7 +559,11 @@ async fn an_install_of_version_10_is_upgraded_in_place() {
         .collect();
     assert_eq!(
         applying,
-        ["0011_provenance.sql", "0012_copies.sql"],
+        [
+            "0011_provenance.sql",
+            "0012_copies.sql",
+            "0013_batch_jobs.sql"
+        ],
         "{stdout}"
     );
     let after = recorded(&db).await;
