@@ -117,7 +117,9 @@ async fn bad_options_are_refused_by_name() {
         &["run", "--archive", "x"],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"));
-    for sub in ["run", "dispatch", "work", "status", "verify", "adopt"] {
+    for sub in [
+        "run", "dispatch", "work", "status", "verify", "adopt", "poll",
+    ] {
         let out = backfill(&stack, &[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
     }
@@ -143,6 +145,12 @@ fn sample_events_are_valid() {
                 BatchMessage::parse(r.body.as_deref().unwrap())
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
+        } else if name.starts_with("poll") {
+            // What an EventBridge schedule sends: the poller reads no field.
+            let event: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(event["detail-type"], "Scheduled Event", "{name}");
+            assert_eq!(event["source"], "aws.events", "{name}");
         } else {
             panic!("{name}: unknown kind of sample event");
         }
