@@ -7,7 +7,9 @@ scale section (bench/scale.py): every RPC on a table of 1,000,000 rows, and the
 worker's memory on huge texts. BENCH_ONLY=scale runs that section alone and
 replaces it in bench/results.md, keeping the rest; BENCH_ONLY=reembed does the
 same for the re-embedding section (`--select stale` after 1% of the texts
-changed, beside `--select all`)."""
+changed, beside `--select all`), BENCH_ONLY=batch for the batch-mode section
+(bench/batch.py: OpenAI's Batch API beside direct mode, and the memory of a
+50,000-document job)."""
 
 import json
 import os
@@ -20,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ from importing the scale section
+import batch  # noqa: E402
 import scale  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,17 +163,30 @@ def reembed():
     return "\n".join(lines) + "\n"
 
 
-def write_reembed(text):
-    """Replaces the re-embedding section of bench/results.md, before the scale section."""
+# The sections that run alone, in their order in bench/results.md; the scale
+# section stays last (scale.write_section keeps only what comes before it).
+SECTIONS = [REEMBED_HEADING, batch.HEADING, scale.HEADING]
+
+
+def write_section(heading, text):
+    """Replaces one section of bench/results.md (its heading up to the next
+    `## `), keeping the rest; a section not there yet goes before the first
+    of those that follow it in SECTIONS."""
     results = ROOT / "bench" / "results.md"
     old = results.read_text() if results.exists() else "# Benchmark\n\n"
-    if REEMBED_HEADING in old:
-        start = old.index(REEMBED_HEADING)
+    if heading in old:
+        start = old.index(heading)
         end = old.find("\n## ", start + 1)
         old = old[:start] + (old[end + 1:] if end >= 0 else "")
-    at = old.find(scale.HEADING)
-    at = at if at >= 0 else len(old)
-    results.write_text(old[:at].rstrip("\n") + "\n\n" + text + "\n" + old[at:])
+    later = [old.find(h) for h in SECTIONS[SECTIONS.index(heading) + 1:] if h in old]
+    at = min(later) if later else len(old)
+    head, tail = old[:at].rstrip("\n"), old[at:]
+    results.write_text(head + "\n\n" + text + ("\n" + tail if tail else ""))
+
+
+def write_reembed(text):
+    """Replaces the re-embedding section of bench/results.md, before the batch and scale sections."""
+    write_section(REEMBED_HEADING, text)
 
 
 def measure(name, standin, cmds, env, docs_expected):
@@ -405,8 +421,13 @@ def main():
         write_reembed(text)
         print(text)
         return
+    if only == "batch":
+        text = batch.section(sys.modules[__name__])
+        write_section(batch.HEADING, text)
+        print(text)
+        return
     if only:
-        sys.exit(f"bench: BENCH_ONLY={only}: the sections that run alone are scale and reembed")
+        sys.exit(f"bench: BENCH_ONLY={only}: the sections that run alone are scale, reembed and batch")
     for b in ["backfill", "worker", "openai-standin", "seed-docs", "baseline", "tokenizer-bench"]:
         if not (REL / b).exists():
             sys.exit(f"bench: build first: cargo build --release --bins ({b} missing)")
@@ -423,7 +444,8 @@ def main():
               f"only (all workers summed for CPU, the largest for RSS). TPM used is the rate sustained beyond the "
               f"limiter's initial burst of one minute of tokens: (tokens - limit) / minutes / limit.\n\n")
     text = (header + "\n".join(table(label, rows) for label, rows in results) + "\n" + ceiling() + "\n"
-            + tokenizers() + "\n" + lambda_worker() + "\n" + reembed() + "\n" + scale.section())
+            + tokenizers() + "\n" + lambda_worker() + "\n" + reembed() + "\n"
+            + batch.section(sys.modules[__name__]) + "\n" + scale.section())
     (ROOT / "bench" / "results.md").write_text(text)
     print(text)
 
