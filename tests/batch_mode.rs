@@ -345,10 +345,10 @@ async fn a_poller_killed_after_uploading_deletes_the_file_it_left() {
     let stats = standin.stats().await;
     assert_eq!(stats["batches"], 1, "{stats}");
     assert_eq!(stats["batch_files"], 2, "{stats}");
-    // The orphan went when the second upload began, the used file after
-    // collection: no input file is left behind.
+    // The orphan went when the second upload began, the used file and the
+    // output after collection: no file is left behind.
     let files: Value = reqwest::Client::new()
-        .get(format!("{}/v1/files?purpose=batch", standin.url))
+        .get(format!("{}/v1/files", standin.url))
         .bearer_auth(&standin.key)
         .send()
         .await

@@ -114,10 +114,16 @@ impl Poller {
                         },
                     )
                     .await?;
-                if let Some(file) = &job.input_file_id {
-                    if let Err(e) = self.api.delete_file(file).await {
-                        tracing::warn!(file_id = %file, error = %e, "could not delete a collected job's input file; it expires with the account's file retention");
-                    }
+                // Everything of them is in the table now; the provider would
+                // keep them (and count them against the account's storage)
+                // until they expire.
+                let files = [
+                    &job.input_file_id,
+                    &remote.output_file_id,
+                    &remote.error_file_id,
+                ];
+                for file in files.into_iter().flatten() {
+                    self.delete_file(file, "a collected job's").await;
                 }
                 Ok(Watched::Collected { batches, requeued })
             }
@@ -202,9 +208,7 @@ impl Poller {
             .await?;
         tracing::info!(run_id = %job.run_id, job = job.seq.0, new_job = moved.0, "the job alone is over the provider's queue: halved");
         if let Some(file) = &job.input_file_id {
-            if let Err(e) = self.api.delete_file(file).await {
-                tracing::warn!(file_id = %file, error = %e, "could not delete a halved job's input file");
-            }
+            self.delete_file(file, "a halved job's").await;
         }
         self.store
             .update_job(
@@ -426,6 +430,13 @@ impl Poller {
             Redo::Direct
         };
         (how, err.to_string())
+    }
+
+    /// Best effort: a file left behind expires with the account's retention.
+    async fn delete_file(&self, file: &str, whose: &str) {
+        if let Err(e) = self.api.delete_file(file).await {
+            tracing::warn!(file_id = %file, error = %e, "could not delete {whose} file; it expires with the account's file retention");
+        }
     }
 
     async fn set_state(&self, job: &Job, state: JobState) -> Result<Job, JobError> {
