@@ -17,16 +17,7 @@ use std::process::Command;
 /// over its table, and another test's `backfill work` polls too.
 async fn stack_on(standin: &Standin) -> Stack {
     let stack = Stack::load();
-    let table = unique("batch_docs").replace('-', "_");
-    stack
-        .pg()
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text, embedding vector(1536));
-             GRANT SELECT, UPDATE ON {table} TO service_role;"
-        ))
-        .await
-        .expect("create the test's table");
+    let table = stack.fresh_table("batch_docs").await;
     stack
         .with("BACKFILL_TABLE", &table)
         .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))

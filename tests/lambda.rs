@@ -321,13 +321,7 @@ fn backfill(vars: &HashMap<String, String>, args: &[&str]) -> Output {
 async fn the_lambda_binaries_run_every_sample_event() {
     let stack = Stack::load();
     let pg = stack.pg().await;
-    let table = unique("lambda_docs").replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text, embedding vector(1536));
-         GRANT SELECT, UPDATE ON {table} TO service_role;"
-    ))
-    .await
-    .unwrap();
+    let table = stack.fresh_table("lambda_docs").await;
     let texts = sample_texts(30);
     let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
     let archived = insert_docs(&pg, &table, ARCHIVE, &refs).await;
@@ -528,13 +522,7 @@ async fn batch_mode_runs_through_the_dispatcher_and_the_scheduled_poller() {
     let standin = Standin::spawn(&[]);
     let stack = Stack::load();
     let pg = stack.pg().await;
-    let table = unique("lambda_batch_docs").replace('-', "_");
-    pg.batch_execute(&format!(
-        "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text, embedding vector(1536));
-         GRANT SELECT, UPDATE ON {table} TO service_role;"
-    ))
-    .await
-    .unwrap();
+    let table = stack.fresh_table("lambda_batch_docs").await;
     let texts = sample_texts(30);
     let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
     let ids = insert_docs(&pg, &table, ARCHIVE, &refs).await;

@@ -90,7 +90,14 @@ impl Poller {
     ) -> Result<Watched, JobError> {
         let Some(batch_id) = job.batch_id.as_deref() else {
             // Submitted with no batch recorded cannot be; start it over.
-            self.set_state(job, JobState::Ready).await?;
+            self.record(
+                job,
+                JobUpdate {
+                    state: Some(JobState::Ready),
+                    ..Default::default()
+                },
+            )
+            .await?;
             return Ok(Watched::Requeued);
         };
         let remote = self.api.retrieve(batch_id).await?;
@@ -104,16 +111,14 @@ impl Poller {
         match remote.status {
             RemoteStatus::Completed | RemoteStatus::Expired => {
                 let (batches, requeued) = self.collect(job, settings, &remote, deadline).await?;
-                self.store
-                    .update_job(
-                        job.run_id,
-                        job.seq,
-                        &JobUpdate {
-                            state: Some(JobState::Done),
-                            ..seen
-                        },
-                    )
-                    .await?;
+                self.record(
+                    job,
+                    JobUpdate {
+                        state: Some(JobState::Done),
+                        ..seen
+                    },
+                )
+                .await?;
                 // Everything of them is in the table now; the provider would
                 // keep them (and count them against the account's storage)
                 // until they expire.
@@ -138,18 +143,16 @@ impl Poller {
                 }
                 // The file stays: the job goes again once the queue has room.
                 tracing::info!(run_id = %job.run_id, job = job.seq.0, queued_jobs = behind, "the provider's queue is full (token_limit_exceeded); the job waits");
-                self.store
-                    .update_job(
-                        job.run_id,
-                        job.seq,
-                        &JobUpdate {
-                            state: Some(JobState::Ready),
-                            blocked_behind: Some(Some(behind)),
-                            error: Some(remote.reason()),
-                            ..seen
-                        },
-                    )
-                    .await?;
+                self.record(
+                    job,
+                    JobUpdate {
+                        state: Some(JobState::Ready),
+                        blocked_behind: Some(Some(behind)),
+                        error: Some(remote.reason()),
+                        ..seen
+                    },
+                )
+                .await?;
                 Ok(Watched::Requeued)
             }
             RemoteStatus::Failed | RemoteStatus::Cancelled => {
@@ -164,21 +167,19 @@ impl Poller {
                         job.run_id
                     ),
                 };
-                self.store.update_job(job.run_id, job.seq, &seen).await?;
+                self.record(job, seen).await?;
                 self.store.fail_job(job.run_id, job.seq, &reason).await?;
                 Ok(Watched::Failed)
             }
             _ => {
-                self.store
-                    .update_job(
-                        job.run_id,
-                        job.seq,
-                        &JobUpdate {
-                            state: Some(JobState::Submitted),
-                            ..seen
-                        },
-                    )
-                    .await?;
+                self.record(
+                    job,
+                    JobUpdate {
+                        state: Some(JobState::Submitted),
+                        ..seen
+                    },
+                )
+                .await?;
                 Ok(Watched::Running)
             }
         }
@@ -198,7 +199,7 @@ impl Poller {
                 "the provider's queue cannot hold even this one batch ({reason}); embed it in direct mode: `backfill retry-failed {}` after dispatching the rest",
                 job.run_id
             );
-            self.store.update_job(job.run_id, job.seq, &seen).await?;
+            self.record(job, seen).await?;
             self.store.fail_job(job.run_id, job.seq, &error).await?;
             return Ok(Watched::Failed);
         }
@@ -210,19 +211,17 @@ impl Poller {
         if let Some(file) = &job.input_file_id {
             self.delete_file(file, "a halved job's").await;
         }
-        self.store
-            .update_job(
-                job.run_id,
-                job.seq,
-                &JobUpdate {
-                    state: Some(JobState::Ready),
-                    input_file_id: Some(None),
-                    blocked_behind: Some(None),
-                    error: Some(reason.to_string()),
-                    ..seen
-                },
-            )
-            .await?;
+        self.record(
+            job,
+            JobUpdate {
+                state: Some(JobState::Ready),
+                input_file_id: Some(None),
+                blocked_behind: Some(None),
+                error: Some(reason.to_string()),
+                ..seen
+            },
+        )
+        .await?;
         Ok(Watched::Requeued)
     }
 
@@ -437,20 +436,6 @@ impl Poller {
         if let Err(e) = self.api.delete_file(file).await {
             tracing::warn!(file_id = %file, error = %e, "could not delete {whose} file; it expires with the account's file retention");
         }
-    }
-
-    async fn set_state(&self, job: &Job, state: JobState) -> Result<Job, JobError> {
-        Ok(self
-            .store
-            .update_job(
-                job.run_id,
-                job.seq,
-                &JobUpdate {
-                    state: Some(state),
-                    ..Default::default()
-                },
-            )
-            .await?)
     }
 }
 

@@ -275,6 +275,11 @@ impl Poller {
         }
     }
 
+    /// Records what was learned of the job or done to it.
+    async fn record(&self, job: &Job, update: JobUpdate) -> Result<Job, JobError> {
+        Ok(self.store.update_job(job.run_id, job.seq, &update).await?)
+    }
+
     /// Ends the lease of a job whose step failed, with why, so the next
     /// tick takes it up again at once.
     async fn release(&self, job: &Job, error: &JobError) {
@@ -283,7 +288,7 @@ impl Poller {
             error: Some(error.to_string()),
             ..Default::default()
         };
-        if let Err(e) = self.store.update_job(job.run_id, job.seq, &update).await {
+        if let Err(e) = self.record(job, update).await {
             tracing::error!(run_id = %job.run_id, job = job.seq.0, error = %e, "could not record a job's failed step; its lease runs out instead");
         }
     }

@@ -92,21 +92,19 @@ impl Poller {
         input_file_id: Option<String>,
         queued: u64,
     ) -> Result<(), JobError> {
-        self.store
-            .update_job(
-                job.run_id,
-                job.seq,
-                &JobUpdate {
-                    state: Some(JobState::Submitted),
-                    batch_id: Some(batch_id.to_string()),
-                    input_file_id: input_file_id.map(Some),
-                    provider_status: Some("validating".into()),
-                    queued_before: Some(queued),
-                    blocked_behind: Some(None),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        self.record(
+            job,
+            JobUpdate {
+                state: Some(JobState::Submitted),
+                batch_id: Some(batch_id.to_string()),
+                input_file_id: input_file_id.map(Some),
+                provider_status: Some("validating".into()),
+                queued_before: Some(queued),
+                blocked_behind: Some(None),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(())
     }
 
@@ -161,17 +159,15 @@ impl Poller {
             split_at = ?written.split_at.map(|s| s.0),
             "input file uploaded"
         );
-        self.store
-            .update_job(
-                job.run_id,
-                job.seq,
-                &JobUpdate {
-                    input_file_id: Some(Some(file.id.clone())),
-                    lines_total: Some(written.lines as u64),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        self.record(
+            job,
+            JobUpdate {
+                input_file_id: Some(Some(file.id.clone())),
+                lines_total: Some(written.lines as u64),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Some(file.id))
     }
 
@@ -275,16 +271,14 @@ impl Poller {
                     .await?;
             }
         }
-        self.store
-            .update_job(
-                job.run_id,
-                job.seq,
-                &JobUpdate {
-                    state: Some(JobState::Done),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        self.record(
+            job,
+            JobUpdate {
+                state: Some(JobState::Done),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(())
     }
 }

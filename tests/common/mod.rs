@@ -141,6 +141,21 @@ impl Stack {
         (queue, summary.run_id.expect("a real dispatch has a run"))
     }
 
+    /// A table of the documents' shape for one test alone, readable and
+    /// writable by the API's `service_role`.
+    pub async fn fresh_table(&self, prefix: &str) -> String {
+        let table = unique(prefix).replace('-', "_");
+        self.pg()
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text, archive text, content text, embedding vector(1536));
+                 GRANT SELECT, UPDATE ON {table} TO service_role;"
+            ))
+            .await
+            .expect("create the test's table");
+        table
+    }
+
     /// A fresh queue and dead-letter queue on the stack's SQS, so tests do not
     /// drain each other's messages.
     pub async fn fresh_queue(
