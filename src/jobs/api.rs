@@ -2,9 +2,9 @@
 //! listed, deleted) and batches (created, retrieved, found by their tags),
 //! its errors read as the embeddings' are.
 
+use super::lines::Lines;
 use crate::embedder::{BatchTarget, EmbedError};
 use crate::retry::Backoff;
-use futures::StreamExt;
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -338,68 +338,9 @@ impl BatchApi {
     pub async fn lines(&self, file_id: &str) -> Result<Lines, EmbedError> {
         let path = format!("/files/{file_id}/content");
         let response = self.send(self.request(Method::GET, &path), &path).await?;
-        Ok(Lines {
-            stream: Box::pin(response.bytes_stream()),
-            buffer: Vec::new(),
-            url: self.target.url(&path),
-            done: false,
-        })
-    }
-}
-
-type ByteStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
-
-/// A downloading file read line by line: only the line at hand and what
-/// arrived after it are in memory.
-pub struct Lines {
-    stream: ByteStream,
-    buffer: Vec<u8>,
-    url: String,
-    done: bool,
-}
-
-impl Lines {
-    #[cfg(test)]
-    pub(super) fn of_chunks(chunks: Vec<&'static [u8]>) -> Self {
-        let items = chunks.into_iter().map(|c| Ok(bytes::Bytes::from_static(c)));
-        Self {
-            stream: Box::pin(futures::stream::iter(items.collect::<Vec<_>>())),
-            buffer: Vec::new(),
-            url: "test".into(),
-            done: false,
-        }
-    }
-
-    /// The next non-blank line, `None` at the end.
-    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, EmbedError> {
-        loop {
-            if let Some(at) = self.buffer.iter().position(|b| *b == b'\n') {
-                let rest = self.buffer.split_off(at + 1);
-                let mut line = std::mem::replace(&mut self.buffer, rest);
-                line.truncate(at);
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Ok(Some(line));
-            }
-            if self.done {
-                if self.buffer.iter().all(u8::is_ascii_whitespace) {
-                    return Ok(None);
-                }
-                return Ok(Some(std::mem::take(&mut self.buffer)));
-            }
-            match self.stream.next().await {
-                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    return Err(EmbedError::Transport {
-                        url: self.url.clone(),
-                        url_var: "OPENAI_BASE_URL",
-                        reason: e.to_string(),
-                    })
-                }
-                None => self.done = true,
-            }
-        }
+        Ok(Lines::new(
+            Box::pin(response.bytes_stream()),
+            self.target.url(&path),
+        ))
     }
 }

@@ -9,7 +9,9 @@
 
 mod api;
 mod collect;
+mod lines;
 mod submit;
+mod watch;
 
 pub use api::{BatchApi, RemoteStatus};
 
@@ -18,7 +20,6 @@ use crate::ids::{BatchSeq, JobSeq, RunId};
 use crate::inputs::Plan;
 use crate::store::{Job, JobRef, JobState, JobUpdate, JobsDue, RunStatus, Store, StoreError};
 use crate::worker::{Settings, Worker, WorkerError};
-use collect::Watched;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use submit::Submitted;
 use thiserror::Error;
 use tokio::time::Instant;
+use watch::Watched;
 
 /// The tags of a job's Batch API batch: with them a new attempt finds the
 /// batch a crashed one created.

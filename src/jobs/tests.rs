@@ -1,8 +1,8 @@
 //! The poller against `MemoryStore` and the project's embeddings server on a
 //! loopback port (its Batch API too): no stack needed.
 
-use super::api::Lines;
 use super::collect::custom_id_of;
+use super::lines::Lines;
 use super::submit::custom_id;
 use super::*;
 use crate::ids::DocumentId;
