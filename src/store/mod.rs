@@ -13,12 +13,14 @@ mod jobs;
 mod memory;
 mod model;
 mod postgrest;
+mod vectors;
 
 pub use error::StoreError;
 pub use jobs::*;
 pub use memory::{BatchInfo, MemoryStore, ProvenanceInfo};
 pub use model::*;
 pub use postgrest::PostgrestStore;
+pub use vectors::*;
 
 use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
 use async_trait::async_trait;

@@ -6,6 +6,7 @@ use super::state::{after, check_vectors, lease_end, raise, State};
 use super::vectors::set_vectors;
 use crate::ids::{BatchSeq, RunId};
 use crate::store::model::*;
+use crate::store::vectors::*;
 use crate::store::StoreError;
 use chrono::Utc;
 use std::time::Duration;

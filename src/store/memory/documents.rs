@@ -5,6 +5,7 @@ use super::provenance::{hex, text_sha256, Want};
 use super::state::{after, raise, State};
 use crate::ids::{DocumentId, RunId};
 use crate::store::model::*;
+use crate::store::vectors::*;
 use crate::store::StoreError;
 
 const PAGE: &str = "backfill_page_documents";

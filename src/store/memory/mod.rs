@@ -25,7 +25,9 @@ mod vectors;
 pub use provenance::ProvenanceInfo;
 
 use super::model::*;
+
 use super::postgrest::FETCH_MAX_BYTES;
+use super::vectors::*;
 use super::{Job, JobBatch, JobStart, JobUpdate, JobsDue, Store, StoreError};
 use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
 use async_trait::async_trait;

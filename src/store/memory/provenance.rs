@@ -6,7 +6,7 @@
 
 use super::state::{after, raise, Row, State};
 use crate::ids::{DocumentId, RunId};
-use crate::store::model::*;
+use crate::store::vectors::*;
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;

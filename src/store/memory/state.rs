@@ -7,6 +7,7 @@
 use super::provenance::Provenance;
 use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
 use crate::store::model::*;
+use crate::store::vectors::*;
 use crate::store::{Job, JobState, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::DeserializeOwned;

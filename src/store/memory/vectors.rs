@@ -6,7 +6,7 @@
 use super::provenance::{out_of_range, text_sha256, Provenance, Source, Want};
 use super::state::{raise, Row, State};
 use crate::ids::{BatchSeq, DocumentId, RunId};
-use crate::store::model::*;
+use crate::store::vectors::*;
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};

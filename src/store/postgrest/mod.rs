@@ -6,6 +6,7 @@ mod client;
 
 use super::jobs::*;
 use super::model::*;
+use super::vectors::*;
 use super::{Store, StoreError};
 use crate::config::SupabaseConfig;
 use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
