@@ -6,7 +6,7 @@ use super::lines::Lines;
 use super::submit::custom_id;
 use super::*;
 use crate::ids::DocumentId;
-use crate::store::{MemoryStore, Mode};
+use crate::store::{JobStore, MemoryStore, Mode};
 use crate::testkit::{self, Standin};
 use devstack::standin::Config;
 

@@ -1,10 +1,87 @@
 //! Batch mode's jobs as the store keeps them: one input file and one Batch
 //! API batch each, holding a run of consecutive batches.
 
+use super::StoreError;
 use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::time::Duration;
+
+/// The store's part in batch mode: the dispatcher fills jobs, the poller
+/// takes, updates and ends them. Every [`super::Store`] is one.
+#[async_trait]
+pub trait JobStore {
+    /// Batch mode: puts batches in the run's jobs in seq order, a job
+    /// holding at most `max_documents`; takes new batches, and those coming
+    /// back from `from_job` or from a job that ended. Once the run has
+    /// dispatched, its open job is ready. How many it placed.
+    async fn queue_in_jobs(
+        &self,
+        run: RunId,
+        seqs: &[BatchSeq],
+        max_documents: u32,
+        from_job: Option<JobSeq>,
+    ) -> Result<u64, StoreError>;
+
+    /// Up to `max` jobs of runs over this store's table (of `run` alone,
+    /// when given) to look at, submitted ones first, and the jobs and
+    /// estimated tokens of `model` at the provider.
+    async fn jobs_due(
+        &self,
+        model: &str,
+        run: Option<RunId>,
+        max: u32,
+    ) -> Result<JobsDue, StoreError>;
+
+    /// Takes the job for `lease` unless another poller holds it.
+    async fn begin_job(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        lease: Duration,
+    ) -> Result<JobStart, StoreError>;
+
+    /// Up to `max_rows` of the job's batches that have not ended, after `after`.
+    async fn job_batches(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        after: Option<BatchSeq>,
+        max_rows: u32,
+    ) -> Result<Vec<JobBatch>, StoreError>;
+
+    /// Records what each batch's lines of the job's input file hold.
+    async fn save_plans(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        plans: &[(BatchSeq, Value)],
+    ) -> Result<u64, StoreError>;
+
+    /// Moves the job's batches from `from` on to a new ready job.
+    async fn split_job(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        from: BatchSeq,
+    ) -> Result<JobSeq, StoreError>;
+
+    /// Records what the poller learned of the job, ending its lease.
+    async fn update_job(
+        &self,
+        run: RunId,
+        job: JobSeq,
+        update: &JobUpdate,
+    ) -> Result<Job, StoreError>;
+
+    /// Fails the job's open batches for good with `error`, and the job.
+    async fn fail_job(&self, run: RunId, job: JobSeq, error: &str) -> Result<u64, StoreError>;
+
+    /// The run's jobs, the latest 1,000.
+    async fn run_jobs(&self, run: RunId) -> Result<Vec<Job>, StoreError>;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -22,7 +22,7 @@ pub use model::*;
 pub use postgrest::PostgrestStore;
 pub use vectors::*;
 
-use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
+use crate::ids::{BatchSeq, DocumentId, RunId};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub const COVERAGE_STEP_ROWS: u32 = 10_000;
 const BATCH_REFS_PAGE: u32 = 1000;
 
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: JobStore + Send + Sync + std::fmt::Debug {
     /// Where the documents live, recorded with each run.
     fn target(&self) -> &Target;
 
@@ -170,75 +170,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         permanent: bool,
         tokens_billed: u64,
     ) -> Result<FailureRecord, StoreError>;
-
-    /// Batch mode: puts batches in the run's jobs in seq order, a job
-    /// holding at most `max_documents`; takes new batches, and those coming
-    /// back from `from_job` or from a job that ended. Once the run has
-    /// dispatched, its open job is ready. How many it placed.
-    async fn queue_in_jobs(
-        &self,
-        run: RunId,
-        seqs: &[BatchSeq],
-        max_documents: u32,
-        from_job: Option<JobSeq>,
-    ) -> Result<u64, StoreError>;
-
-    /// Up to `max` jobs of runs over this store's table (of `run` alone,
-    /// when given) to look at, submitted ones first, and the jobs and
-    /// estimated tokens of `model` at the provider.
-    async fn jobs_due(
-        &self,
-        model: &str,
-        run: Option<RunId>,
-        max: u32,
-    ) -> Result<JobsDue, StoreError>;
-
-    /// Takes the job for `lease` unless another poller holds it.
-    async fn begin_job(
-        &self,
-        run: RunId,
-        job: JobSeq,
-        lease: Duration,
-    ) -> Result<JobStart, StoreError>;
-
-    /// Up to `max_rows` of the job's batches that have not ended, after `after`.
-    async fn job_batches(
-        &self,
-        run: RunId,
-        job: JobSeq,
-        after: Option<BatchSeq>,
-        max_rows: u32,
-    ) -> Result<Vec<JobBatch>, StoreError>;
-
-    /// Records what each batch's lines of the job's input file hold.
-    async fn save_plans(
-        &self,
-        run: RunId,
-        job: JobSeq,
-        plans: &[(BatchSeq, Value)],
-    ) -> Result<u64, StoreError>;
-
-    /// Moves the job's batches from `from` on to a new ready job.
-    async fn split_job(
-        &self,
-        run: RunId,
-        job: JobSeq,
-        from: BatchSeq,
-    ) -> Result<JobSeq, StoreError>;
-
-    /// Records what the poller learned of the job, ending its lease.
-    async fn update_job(
-        &self,
-        run: RunId,
-        job: JobSeq,
-        update: &JobUpdate,
-    ) -> Result<Job, StoreError>;
-
-    /// Fails the job's open batches for good with `error`, and the job.
-    async fn fail_job(&self, run: RunId, job: JobSeq, error: &str) -> Result<u64, StoreError>;
-
-    /// The run's jobs, the latest 1,000.
-    async fn run_jobs(&self, run: RunId) -> Result<Vec<Job>, StoreError>;
 }
 
 impl dyn Store + '_ {

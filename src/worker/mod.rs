@@ -2,19 +2,21 @@
 //! counted completion in the status row. Safe to run twice on the same message.
 
 mod bisect;
+mod error;
 mod settings;
 
+pub use error::WorkerError;
 pub(crate) use settings::Settings;
 #[cfg(test)]
 mod tests;
 
 use crate::embedder::batching;
-use crate::embedder::{EmbedError, Embedder};
+use crate::embedder::Embedder;
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::inputs::{Combined, Inputs};
-use crate::queue::{BatchMessage, IncomingMessage, MessageError};
-use crate::store::{BatchState, FailedDocument, Store, StoreError, VectorRow};
+use crate::queue::{BatchMessage, IncomingMessage};
+use crate::store::{BatchState, FailedDocument, Store, VectorRow};
 use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
@@ -23,54 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant as StdInstant;
-use thiserror::Error;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Time kept back from the deadline to record a failure and answer.
 const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-#[derive(Debug, Error)]
-pub enum WorkerError {
-    #[error(transparent)]
-    Message(#[from] MessageError),
-    #[error(
-        "run {0} does not exist in backfill_runs (was it dispatched against another database?)"
-    )]
-    UnknownRun(RunId),
-    #[error("batch {1} of run {0} does not exist in backfill_batches")]
-    UnknownBatch(RunId, BatchSeq),
-    #[error("batch {1} of run {0} failed for good on an earlier delivery (`backfill status {0}` says why); this redelivery does not call the API again. Fix the cause, then `backfill redrive` or `backfill retry-failed {0}`")]
-    FailedBefore(RunId, BatchSeq),
-    #[error("the batch did not finish before the invocation's deadline; SQS delivers it again")]
-    OutOfTime,
-    #[error("batch {1} of run {0} is being worked by another delivery until {2}; SQS brings this one back after its visibility timeout")]
-    Leased(RunId, BatchSeq, String),
-    #[error("run {0} records no model and dimensions this version can read (an older version dispatched it): its vectors' provenance could not name their model. Dispatch a new run over the same archive: it selects what this one left")]
-    UnreadableRun(RunId),
-    #[error("run {run} was dispatched for {recorded}, but this worker embeds with {ours}: its vectors would be recorded as the other model's. Give the worker the run's settings (EMBEDDING_PROVIDER, OPENAI_EMBEDDING_MODEL, BACKFILL_EMBEDDING_DIMENSIONS), or dispatch a new run")]
-    OtherModel {
-        run: RunId,
-        recorded: String,
-        ours: String,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-}
-
-impl WorkerError {
-    /// Another delivery could succeed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            WorkerError::Store(e) => e.is_transient(),
-            WorkerError::Embed(e) => e.is_retryable(),
-            WorkerError::OutOfTime | WorkerError::Leased(..) => true,
-            _ => false,
-        }
-    }
-}
 
 /// What one message did, for the per-batch log line and the caller.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -28,7 +28,7 @@ use super::model::*;
 
 use super::postgrest::FETCH_MAX_BYTES;
 use super::vectors::*;
-use super::{Job, JobBatch, JobStart, JobUpdate, JobsDue, Store, StoreError};
+use super::{Job, JobBatch, JobStart, JobStore, JobUpdate, JobsDue, Store, StoreError};
 use crate::ids::{BatchSeq, DocumentId, JobSeq, RunId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -308,7 +308,10 @@ impl Store for MemoryStore {
             .state()
             .fail_batch(run, seq, error, permanent, tokens_billed))
     }
+}
 
+#[async_trait]
+impl JobStore for MemoryStore {
     async fn queue_in_jobs(
         &self,
         run: RunId,
