@@ -53,7 +53,7 @@ FETCH_MAX_BYTES = 8 << 20
 MAX_PREFIX_CHARS = 8191 * 128
 COVERAGE_STEP_ROWS = 100_000
 BATCH_SIZE = 1000
-# Vectors one write carries at most (WRITE_CHUNK in src/worker/mod.rs).
+# Vectors one write carries at most (WRITE_CHUNK in src/store/mod.rs).
 WRITE_CHUNK = 100
 PAGE_ROWS = BATCH_SIZE * 10
 BATCH_REFS_PAGE = 1000
@@ -486,7 +486,7 @@ def complete_args(run, seq, ids, vectors, tokens):
 def time_status(rest, t):
     """create_run, add_batches, begin_batch, and the writes of a batch's
     vectors, each on a fresh batch. Batch size 1,000 as the worker writes it
-    (src/worker/mod.rs): WRITE_CHUNK vectors a call, `backfill_write_vectors` for
+    (`write_and_complete` in src/store/mod.rs): WRITE_CHUNK vectors a call, `backfill_write_vectors` for
     every chunk but the last, which goes with `backfill_complete_batch`; the
     batches of one run, a different one each time. The reference, what the
     worker no longer does: all 1,000 in one `backfill_complete_batch`, on
@@ -839,7 +839,7 @@ def section():
               f"realistic Norwegian legal texts from `seed-docs`. Every function is called through the REST API "
               f"as the tool calls it, {REPEAT} times unless said (ms per call, or per sequence of calls where the "
               f"calls column says so). The worker writes a batch's vectors in chunks of at most {WRITE_CHUNK} "
-              f"(`WRITE_CHUNK` in src/worker/mod.rs): `backfill_write_vectors` for each chunk but the last, which "
+              f"(`WRITE_CHUNK` and `write_and_complete` in src/store/mod.rs): `backfill_write_vectors` for each chunk but the last, which "
               f"goes with `backfill_complete_batch`; a batch of 1,000 is timed so, call by call, on a different "
               f"batch each time, and, for reference, in one call, on a different batch of a new run each time. So "
               f"every call writes only rows that had no vector; those vectors are set back to NULL afterwards. The "

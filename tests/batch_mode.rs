@@ -24,6 +24,23 @@ async fn stack_on(standin: &Standin) -> Stack {
         .with("OPENAI_API_KEY", &standin.key)
 }
 
+/// `backfill run --mode batch` over the archive, polling every second: its
+/// final status.
+fn run_batch(stack: &Stack, archive: &str, args: &[&str]) -> Value {
+    let mut all = vec![
+        "run",
+        "--archive",
+        archive,
+        "--mode",
+        "batch",
+        "--poll-secs",
+        "1",
+    ];
+    all.extend_from_slice(args);
+    all.push("--json");
+    json_of(&backfill(stack, &all))
+}
+
 async fn insert(stack: &Stack, archive: &str, texts: &[String]) -> Vec<i64> {
     let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
     insert_docs(
@@ -96,18 +113,7 @@ async fn a_batch_mode_run_embeds_every_document_with_its_own_text_at_half_price(
     all[10] = all[3].clone();
     let ids = insert(&stack, &archive, &all).await;
 
-    let dry = json_of(&backfill(
-        &stack,
-        &[
-            "run",
-            "--archive",
-            &archive,
-            "--mode",
-            "batch",
-            "--dry-run",
-            "--json",
-        ],
-    ));
+    let dry = run_batch(&stack, &archive, &["--dry-run"]);
     let (direct, batch) = (
         dry["costs"]["direct_usd"].as_f64().unwrap(),
         dry["costs"]["batch_usd"].as_f64().unwrap(),
@@ -115,23 +121,11 @@ async fn a_batch_mode_run_embeds_every_document_with_its_own_text_at_half_price(
     assert!((batch * 2.0 - direct).abs() < 1e-12, "{dry}");
     assert_eq!(dry["estimated_cost_usd"].as_f64(), Some(batch));
 
-    let status = json_of(&backfill(
+    let status = run_batch(
         &stack,
-        &[
-            "run",
-            "--archive",
-            &archive,
-            "--mode",
-            "batch",
-            "--batch-size",
-            "50",
-            "--job-size",
-            "120",
-            "--poll-secs",
-            "1",
-            "--json",
-        ],
-    ));
+        &archive,
+        &["--batch-size", "50", "--job-size", "120"],
+    );
     assert_eq!(status["state"], "completed", "{status}");
     assert_eq!(status["documents_embedded"], 230);
     assert_eq!(status["documents_copied"], 1);
@@ -161,23 +155,11 @@ async fn expired_lines_go_again_and_a_refused_input_fails_alone() {
     all[60] = format!("§ 60 {archive} ødelagt [[fail:400]]");
     let ids = insert(&stack, &archive, &all).await;
 
-    let status = json_of(&backfill(
+    let status = run_batch(
         &stack,
-        &[
-            "run",
-            "--archive",
-            &archive,
-            "--mode",
-            "batch",
-            "--batch-size",
-            "50",
-            "--embedding-batch-size",
-            "25",
-            "--poll-secs",
-            "1",
-            "--json",
-        ],
-    ));
+        &archive,
+        &["--batch-size", "50", "--embedding-batch-size", "25"],
+    );
     assert_eq!(status["state"], "completed_with_errors", "{status}");
     assert_eq!(status["documents_embedded"], 199, "{status}");
     assert_eq!(status["documents_failed"], 1, "{status}");
@@ -239,23 +221,11 @@ async fn a_full_provider_queue_makes_jobs_wait_not_fail() {
     let all = texts(&archive, 200);
     let ids = insert(&stack, &archive, &all).await;
 
-    let status = json_of(&backfill(
+    let status = run_batch(
         &stack,
-        &[
-            "run",
-            "--archive",
-            &archive,
-            "--mode",
-            "batch",
-            "--batch-size",
-            "25",
-            "--job-size",
-            "25",
-            "--poll-secs",
-            "1",
-            "--json",
-        ],
-    ));
+        &archive,
+        &["--batch-size", "25", "--job-size", "25"],
+    );
     assert_eq!(status["state"], "completed", "{status}");
     assert_eq!(status["documents_embedded"], 200);
     assert_own_vectors(&stack, &ids, &all).await;

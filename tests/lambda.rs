@@ -126,6 +126,32 @@ impl Drop for Emulator {
     }
 }
 
+/// The functions under the emulator with the stack's settings, their keys
+/// in Secrets Manager and a fresh work queue: the queue, the functions'
+/// settings, the emulator (kept alive by the caller) and a client of its
+/// Invoke API.
+struct Functions {
+    queue: embed_backfill::queue::SqsQueue,
+    vars: HashMap<String, String>,
+    emulator: Emulator,
+    lambda: aws_sdk_lambda::Client,
+}
+
+async fn functions(stack: &Stack) -> Functions {
+    let (queue, _) = stack.fresh_queue(60, 5).await;
+    let mut vars = keys_in_secrets_manager(stack).await;
+    vars.insert("BACKFILL_QUEUE_URL".into(), queue.url().to_string());
+    vars.insert("RUST_LOG".into(), "info".into());
+    let emulator = Emulator::start(&vars);
+    let lambda = emulator.client(stack);
+    Functions {
+        queue,
+        vars,
+        emulator,
+        lambda,
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -335,13 +361,13 @@ async fn the_lambda_binaries_run_every_sample_event() {
     )
     .await;
     let stack = stack.with("BACKFILL_TABLE", &table);
-    let (queue, _) = stack.fresh_queue(60, 5).await;
+    let Functions {
+        queue,
+        vars,
+        emulator,
+        lambda,
+    } = functions(&stack).await;
     let queue_url = queue.url().to_string();
-    let mut vars = keys_in_secrets_manager(&stack).await;
-    vars.insert("BACKFILL_QUEUE_URL".into(), queue_url.clone());
-    vars.insert("RUST_LOG".into(), "info".into());
-    let emulator = Emulator::start(&vars);
-    let lambda = emulator.client(&stack);
 
     // A dry run counts and queues nothing.
     let dry = invoke(
@@ -530,13 +556,13 @@ async fn batch_mode_runs_through_the_dispatcher_and_the_scheduled_poller() {
         .with("BACKFILL_TABLE", &table)
         .with("OPENAI_BASE_URL", &format!("{}/v1", standin.url))
         .with("OPENAI_API_KEY", &standin.key);
-    let (queue, _) = stack.fresh_queue(60, 5).await;
+    let Functions {
+        queue,
+        emulator,
+        lambda,
+        ..
+    } = functions(&stack).await;
     let queue_url = queue.url().to_string();
-    let mut vars = keys_in_secrets_manager(&stack).await;
-    vars.insert("BACKFILL_QUEUE_URL".into(), queue_url.clone());
-    vars.insert("RUST_LOG".into(), "info".into());
-    let emulator = Emulator::start(&vars);
-    let lambda = emulator.client(&stack);
 
     // The sample event dispatches the archive the documents were put in.
     let event = sample_event("dispatch-batch.json");

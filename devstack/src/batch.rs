@@ -746,21 +746,27 @@ struct FileListQuery {
     after: Option<String>,
 }
 
+/// A list's `limit`: `default` when absent, else 1 to `max`; a bad one is
+/// answered with OpenAI's message.
+fn limit_param(raw: Option<&str>, default: usize, max: usize) -> Result<usize, String> {
+    match raw.map(str::parse::<usize>) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(format!(
+            "Invalid 'limit': expected an integer between 1 and {max}."
+        )),
+    }
+}
+
 /// `GET /v1/files`: OpenAI's defaults are all files (up to 10,000), newest
 /// first.
 async fn list_files(
     State(state): State<Arc<AppState>>,
     Query(query): Query<FileListQuery>,
 ) -> Response {
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => 10_000,
-        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
-        Some(_) => {
-            return bad_param(
-                "limit",
-                "Invalid 'limit': expected an integer between 1 and 10000.",
-            )
-        }
+    let limit = match limit_param(query.limit.as_deref(), 10_000, 10_000) {
+        Ok(n) => n,
+        Err(message) => return bad_param("limit", &message),
     };
     let newest_first = match query.order.as_deref() {
         None | Some("desc") => true,
@@ -1176,15 +1182,9 @@ async fn list_batches(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => 20,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => {
-            return bad_param(
-                "limit",
-                "Invalid 'limit': expected an integer between 1 and 100.",
-            )
-        }
+    let limit = match limit_param(query.limit.as_deref(), 20, 100) {
+        Ok(n) => n,
+        Err(message) => return bad_param("limit", &message),
     };
     let ids: Vec<String> = state
         .batches

@@ -142,6 +142,13 @@ pub struct RemoteFile {
     pub filename: String,
 }
 
+/// Whether a walk over a list goes on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    On,
+    Stop,
+}
+
 #[derive(Deserialize)]
 struct List<T> {
     data: Vec<T>,
@@ -274,6 +281,30 @@ impl BatchApi {
         self.read(&format!("/batches/{id}")).await
     }
 
+    /// Walks a list endpoint page by page (`path` with its query, without
+    /// the cursor) until `each` says it has what it wanted or the list ends.
+    async fn walk<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&T) -> Walk,
+    ) -> Result<(), EmbedError> {
+        let mut after: Option<String> = None;
+        loop {
+            let page_path = match &after {
+                Some(a) => format!("{path}&after={a}"),
+                None => path.to_string(),
+            };
+            let page: List<T> = self.read(&page_path).await?;
+            if page.data.iter().any(|item| each(item) == Walk::Stop) {
+                return Ok(());
+            }
+            match (page.has_more, page.last_id) {
+                (true, Some(last)) => after = Some(last),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// The newest batch tagged with all of `tags` created at or after
     /// `since` (unix seconds): the list runs newest first, so the search
     /// stops at the first one older.
@@ -282,48 +313,36 @@ impl BatchApi {
         tags: &HashMap<String, String>,
         since: i64,
     ) -> Result<Option<RemoteBatch>, EmbedError> {
-        let mut after: Option<String> = None;
-        loop {
-            let path = match &after {
-                Some(a) => format!("/batches?limit=100&after={a}"),
-                None => "/batches?limit=100".to_string(),
-            };
-            let page: List<RemoteBatch> = self.read(&path).await?;
-            for b in &page.data {
-                if b.created_at < since {
-                    return Ok(None);
-                }
-                let meta = b.metadata.as_ref();
-                if tags
-                    .iter()
-                    .all(|(k, v)| meta.and_then(|m| m.get(k)) == Some(v))
-                {
-                    return Ok(Some(b.clone()));
-                }
+        let mut found = None;
+        self.walk("/batches?limit=100", |b: &RemoteBatch| {
+            if b.created_at < since {
+                return Walk::Stop;
             }
-            match (page.has_more, page.last_id) {
-                (true, Some(last)) => after = Some(last),
-                _ => return Ok(None),
+            let meta = b.metadata.as_ref();
+            if tags
+                .iter()
+                .all(|(k, v)| meta.and_then(|m| m.get(k)) == Some(v))
+            {
+                found = Some(b.clone());
+                return Walk::Stop;
             }
-        }
+            Walk::On
+        })
+        .await?;
+        Ok(found)
     }
 
     /// The account's files of purpose `batch` named `filename`.
     pub async fn files_named(&self, filename: &str) -> Result<Vec<RemoteFile>, EmbedError> {
         let mut found = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let path = match &after {
-                Some(a) => format!("/files?purpose=batch&limit=1000&after={a}"),
-                None => "/files?purpose=batch&limit=1000".to_string(),
-            };
-            let page: List<RemoteFile> = self.read(&path).await?;
-            found.extend(page.data.iter().filter(|f| f.filename == filename).cloned());
-            match (page.has_more, page.last_id) {
-                (true, Some(last)) => after = Some(last),
-                _ => return Ok(found),
+        self.walk("/files?purpose=batch&limit=1000", |f: &RemoteFile| {
+            if f.filename == filename {
+                found.push(f.clone());
             }
-        }
+            Walk::On
+        })
+        .await?;
+        Ok(found)
     }
 
     pub async fn delete_file(&self, id: &str) -> Result<(), EmbedError> {

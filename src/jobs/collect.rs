@@ -12,7 +12,7 @@ use crate::inputs::Combined;
 use crate::queue::BatchMessage;
 use crate::store::BatchRef;
 use crate::store::{Job, VectorRow};
-use crate::worker::{Settings, WRITE_CHUNK};
+use crate::worker::Settings;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -212,12 +212,8 @@ impl Poller {
     async fn finish(&self, job: &Job, seq: BatchSeq, o: Open) -> Result<(), JobError> {
         let (combined, _) = o.plan.plan.combine(&o.vectors, &HashSet::new());
         let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
-        let last = rows.len().saturating_sub(1) / WRITE_CHUNK * WRITE_CHUNK;
-        for chunk in rows[..last].chunks(WRITE_CHUNK) {
-            self.store.write_vectors(job.run_id, seq, chunk).await?;
-        }
         self.store
-            .complete_batch(job.run_id, seq, &rows[last..], o.tokens, &[])
+            .write_and_complete(job.run_id, seq, &rows, o.tokens, &[])
             .await?;
         Ok(())
     }
@@ -233,9 +229,7 @@ impl Poller {
     ) -> Result<(), JobError> {
         let (combined, _) = o.plan.plan.combine(&o.vectors, &HashSet::new());
         let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
-        for chunk in rows.chunks(WRITE_CHUNK) {
-            self.store.write_vectors(job.run_id, seq, chunk).await?;
-        }
+        self.store.write_all(job.run_id, seq, &rows).await?;
         let error = format!("batch mode: {why}");
         self.store
             .fail_batch(job.run_id, seq, &error, false, o.tokens)

@@ -30,6 +30,12 @@ use std::time::Duration;
 /// Rows one coverage or adopt step reads: a bounded scan, whatever the
 /// table's size, that hashes the texts of the vectors it checks.
 pub const COVERAGE_STEP_ROWS: u32 = 10_000;
+/// Vectors one write carries at most. With an HNSW index on the column each
+/// row written costs milliseconds of index upkeep on a large table (`make
+/// bench` measured 1,000 in one statement at 4-9 s against the API's 8 s
+/// statement timeout); 100 stay well under it, and under request body limits.
+pub const WRITE_CHUNK: usize = 100;
+
 /// Batch references one call returns at most.
 const BATCH_REFS_PAGE: u32 = 1000;
 
@@ -173,6 +179,36 @@ pub trait Store: JobStore + Send + Sync + std::fmt::Debug {
 }
 
 impl dyn Store + '_ {
+    /// Writes a batch's vectors and ends it: every chunk but the last on its
+    /// own, the last with the completion, so a batch of up to one chunk is
+    /// one call.
+    pub async fn write_and_complete(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        rows: &[VectorRow<'_>],
+        tokens: u64,
+        failures: &[FailedDocument],
+    ) -> Result<Completion, StoreError> {
+        let last = rows.len().saturating_sub(1) / WRITE_CHUNK * WRITE_CHUNK;
+        self.write_all(run, seq, &rows[..last]).await?;
+        self.complete_batch(run, seq, &rows[last..], tokens, failures)
+            .await
+    }
+
+    /// Writes vectors ahead of the batch's completion, a chunk a call.
+    pub async fn write_all(
+        &self,
+        run: RunId,
+        seq: BatchSeq,
+        rows: &[VectorRow<'_>],
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(WRITE_CHUNK) {
+            self.write_vectors(run, seq, chunk).await?;
+        }
+        Ok(())
+    }
+
     /// Hands `each` those of `ids` that still need a vector, with their
     /// texts, in id order, one bounded answer at a time, so a batch of large
     /// texts never sits whole in memory.

@@ -71,12 +71,6 @@ pub struct Worker {
     lease_cap: Option<Duration>,
 }
 
-/// Vectors one write carries at most. With an HNSW index on the column each
-/// row written costs milliseconds of index upkeep on a large table (`make
-/// bench` measured 1,000 in one statement at 4-9 s against the API's 8 s
-/// statement timeout); 100 stay well under it, and under request body limits.
-pub(crate) const WRITE_CHUNK: usize = 100;
-
 /// A delivery with no deadline holds its batch this long.
 const DEFAULT_LEASE: Duration = Duration::from_secs(900);
 
@@ -359,23 +353,9 @@ impl Worker {
         }
         failures.sort_by_key(|f| f.id);
         let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
-        // All chunks but the last are written on their own; the last goes
-        // with the completion, so a batch of up to one chunk is one call.
-        let last = rows.len().saturating_sub(1) / WRITE_CHUNK * WRITE_CHUNK;
-        for chunk in rows[..last].chunks(WRITE_CHUNK) {
-            self.store
-                .write_vectors(msg.run_id, msg.batch, chunk)
-                .await?;
-        }
         let done = self
             .store
-            .complete_batch(
-                msg.run_id,
-                msg.batch,
-                &rows[last..],
-                report.tokens,
-                &failures,
-            )
+            .write_and_complete(msg.run_id, msg.batch, &rows, report.tokens, &failures)
             .await?;
         report.write_ms = t.elapsed().as_millis() as u64;
         failpoint::crash_point("worker_after_complete");

@@ -85,13 +85,12 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
                     AND (p_run_id IS NULL OR j.run_id = p_run_id)
                   ORDER BY j.state = 'ready', r.created_at, j.seq
                   LIMIT greatest(p_max, 0)) d), '[]'::jsonb),
-        'queued_jobs', (SELECT count(*) FROM public.backfill_jobs j JOIN public.backfill_runs r ON r.id = j.run_id
-                        WHERE j.state = 'submitted' AND r.params ->> 'model' = p_model
-                          AND r.params -> 'target' = p_target),
-        'queued_tokens', (SELECT coalesce(sum(j.estimated_tokens), 0)
-                          FROM public.backfill_jobs j JOIN public.backfill_runs r ON r.id = j.run_id
-                          WHERE j.state = 'submitted' AND r.params ->> 'model' = p_model
-                            AND r.params -> 'target' = p_target))
+        'queued_jobs', q.jobs,
+        'queued_tokens', q.tokens)
+    FROM (SELECT count(*) AS jobs, coalesce(sum(j.estimated_tokens), 0) AS tokens
+          FROM public.backfill_jobs j JOIN public.backfill_runs r ON r.id = j.run_id
+          WHERE j.state = 'submitted' AND r.params ->> 'model' = p_model
+            AND r.params -> 'target' = p_target) q
 $$;
 
 -- The poller's first call for a job: takes it for `p_lease_seconds` unless

@@ -196,23 +196,24 @@ async fn work<F: Fn(&str) -> Option<String>>(env: &Env<F>, args: &WorkArgs) -> R
     // Batch mode's jobs are polled beside the queue, where the provider has
     // a Batch API.
     let poller = setup::poller(env, &store, worker.clone()).ok();
-    let stop = AtomicBool::new(false);
+    let stop = tokio::sync::Notify::new();
     let consuming = async {
         let tally = runner::consume(&worker, &queue, &opts).await;
-        stop.store(true, Ordering::Relaxed);
+        stop.notify_one();
         tally
     };
     let polling = async {
         let Some(poller) = &poller else { return };
         let every = Duration::from_secs(args.poll.poll_secs);
-        while !stop.load(Ordering::Relaxed) {
+        loop {
             let deadline = tokio::time::Instant::now() + every.max(Duration::from_secs(900));
             if let Err(e) = poller.tick(None, Some(deadline)).await {
                 tracing::warn!(error = %e, "polling the batch jobs failed; trying again");
             }
-            let next = tokio::time::Instant::now() + every;
-            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < next {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            // A stop that came during the tick is kept for this wait.
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.notified() => return,
             }
         }
     };
