@@ -15,6 +15,7 @@ pub mod inputs;
 pub mod invoke;
 pub mod jobs;
 pub mod logging;
+pub mod metrics;
 pub mod progress;
 pub mod queue;
 pub mod rate;

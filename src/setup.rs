@@ -5,6 +5,7 @@ use crate::config::{ConfigError, EmbeddingConfig, Env};
 use crate::dispatch::Dispatcher;
 use crate::embedder::{self, EmbedError, Embedder};
 use crate::jobs::{JobError, Poller};
+use crate::metrics::Metrics;
 use crate::queue::{Queue, SqsQueue};
 use crate::store::{LongText, PostgrestStore, Store, StoreError, VectorSpec};
 use crate::worker::Worker;
@@ -35,7 +36,15 @@ pub fn worker<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     store: &Arc<dyn Store>,
 ) -> Result<Worker, SetupError> {
-    worker_from(&env.embedding()?, store, env.max_receive_count()?)
+    Ok(
+        worker_from(&env.embedding()?, store, env.max_receive_count()?)?
+            .with_metrics(metrics(env)?),
+    )
+}
+
+/// The metrics the settings ask for: EMF records under Lambda, none in the CLI.
+pub fn metrics<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Metrics, SetupError> {
+    Ok(Metrics::new(env.metrics()?.as_ref()))
 }
 
 /// From settings already read, so the CLI can set its flags over them first.
@@ -69,12 +78,10 @@ pub fn poller<F: Fn(&str) -> Option<String>>(
             url_var: "OPENAI_BASE_URL",
             reason: e.to_string(),
         })?;
-    Ok(Poller::new(
-        store.clone(),
-        worker,
-        http,
-        env.batch_queue_tokens()?,
-    )?)
+    Ok(
+        Poller::new(store.clone(), worker, http, env.batch_queue_tokens()?)?
+            .with_metrics(metrics(env)?),
+    )
 }
 
 /// The provider's limits, tokenizer and prices; its key is not needed to dispatch.
@@ -83,7 +90,7 @@ pub fn dispatcher<Q: Queue, F: Fn(&str) -> Option<String>>(
     store: &Arc<dyn Store>,
     queue: Q,
 ) -> Result<Dispatcher<Q>, SetupError> {
-    Ok(dispatcher_from(&env.embedding()?, store, queue))
+    Ok(dispatcher_from(&env.embedding()?, store, queue).with_metrics(metrics(env)?))
 }
 
 /// From settings already read, like [`worker_from`], so one run's dispatcher

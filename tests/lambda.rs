@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{insert_docs, repo_root, run_of, sample_texts, unique, vectors, Stack, Standin};
+use common::{emf, insert_docs, repo_root, run_of, sample_texts, unique, vectors, Stack, Standin};
 use embed_backfill::ids::RunId;
 use embed_backfill::store::RunState;
 use embed_backfill::{handlers, invoke};
@@ -28,6 +28,8 @@ const KEYS: [&str; 3] = [
 struct Emulator {
     child: Child,
     port: u16,
+    /// Holds `watch.log`: the functions' standard output, logs and metrics.
+    dir: std::path::PathBuf,
 }
 
 impl Emulator {
@@ -81,7 +83,7 @@ impl Emulator {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Self { child, port }
+        Self { child, port, dir }
     }
 
     fn endpoint(&self) -> String {
@@ -733,4 +735,122 @@ async fn keys_come_from_secrets_manager_and_bad_secrets_are_named_not_shown() {
     let out = backfill(&missing, &["verify"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("secretsmanager:GetSecretValue"), "{stderr}");
+}
+
+#[test]
+fn the_emf_checks_refuse_what_the_specification_refuses() {
+    let good = r#"{"_aws":{"Timestamp":1,"CloudWatchMetrics":[{"Namespace":"N","Dimensions":[["Function"]],"Metrics":[{"Name":"Tokens","Unit":"Count"}]}]},"Function":"worker","Tokens":5}"#;
+    assert!(emf::check(good).is_ok());
+    let bad = [
+        (
+            good.replace(r#""Timestamp":1,"#, ""),
+            "Timestamp is missing",
+        ),
+        (good.replace("\"Count\"", "\"Tokens\""), "is not one of"),
+        (
+            good.replace(r#""Function":"worker""#, r#""Function":7"#),
+            "not a string",
+        ),
+        (good.replace(r#","Function":"worker""#, ""), "has no member"),
+        (
+            good.replace(r#""Tokens":5"#, r#""Tokens":"5""#),
+            "not a number",
+        ),
+        (
+            good.replace(r#""Namespace":"N""#, r#""Namespace":"""#),
+            "1-1024",
+        ),
+    ];
+    for (line, why) in bad {
+        let err = emf::check(&line).unwrap_err();
+        assert!(err.contains(why), "{err} for {line}");
+    }
+}
+
+/// The functions' metrics records, read back from their standard output as
+/// CloudWatch Logs would receive it: every one valid EMF, and their sums for
+/// one run equal to what its status row counted.
+#[tokio::test]
+async fn the_functions_metrics_add_up_to_the_status_row() {
+    let stack = Stack::load();
+    let pg = stack.pg().await;
+    let table = stack.fresh_table("lambda_metrics").await;
+    let archive = unique("metrics");
+    let mut texts: Vec<Option<String>> = (0..23)
+        .map(|i| Some(format!("§ {i} {table} Lov om målinger og tall.")))
+        .collect();
+    texts[7] = Some(format!("§ 7 {table} ødelagt [[fail:400]]"));
+    texts[12] = Some("   ".into());
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
+    insert_docs(&pg, &table, &archive, &refs).await;
+    let stack = stack.with("BACKFILL_TABLE", &table);
+    let Functions {
+        queue,
+        emulator,
+        lambda,
+        ..
+    } = functions(&stack).await;
+    let queue_url = queue.url().to_string();
+
+    let answer = invoke(
+        &lambda,
+        "dispatcher",
+        &serde_json::json!({"archive": archive, "batch_size": 5, "embedding_batch_size": 5}),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("dispatch: {e}"));
+    let run_id = answer["run_id"].as_str().unwrap().to_string();
+    assert_eq!(deliver(&stack, &lambda, &queue_url).await, (5, 0));
+    let run = run_of(&stack.store(), run_id.parse::<RunId>().unwrap()).await;
+    assert_eq!(run.state, RunState::CompletedWithErrors, "{run:?}");
+
+    let log = std::fs::read_to_string(emulator.dir.join("watch.log")).unwrap();
+    let records = emf::records(&log);
+    let worker: Vec<_> = emf::of(&records, "worker", Some(&run_id))
+        .cloned()
+        .collect();
+    assert_eq!(worker.len(), 5, "one record per delivered batch");
+    let total = |name: &str| emf::sum(worker.iter(), name);
+    assert_eq!(total("DocumentsEmbedded"), run.documents_embedded as f64);
+    assert_eq!(total("DocumentsSkipped"), run.documents_skipped as f64);
+    assert_eq!(total("DocumentsFailed"), run.documents_failed as f64);
+    assert_eq!(run.documents_failed, 1, "{run:?}");
+    assert_eq!(total("Tokens"), run.tokens_billed as f64);
+    assert!((total("CostUsd") - run.actual_cost_usd).abs() < 1e-9);
+    assert_eq!(total("BatchesDone"), run.batches_done as f64);
+    assert_eq!(total("BatchesFailed"), run.batches_failed as f64);
+    // The rejected input is bisected: more requests than batches.
+    assert!(total("ApiRequests") > 5.0, "{}", total("ApiRequests"));
+    assert_eq!(total("ApiThrottled") + total("ApiServerErrors"), 0.0);
+    let first = &worker[0];
+    for (name, unit) in [
+        ("DocumentsEmbedded", "Count"),
+        ("Tokens", "Count"),
+        ("BatchDuration", "Milliseconds"),
+        ("ApiLatency", "Milliseconds"),
+        ("RateWait", "Milliseconds"),
+    ] {
+        assert_eq!(emf::unit(first, name).as_deref(), Some(unit), "{name}");
+    }
+    let sets = first["_aws"]["CloudWatchMetrics"][0]["Dimensions"].clone();
+    assert_eq!(
+        sets,
+        serde_json::json!([["Function", "Run"], ["Function"]]),
+        "the dashboard reads [Function]; a run's own figures [Function, Run]"
+    );
+
+    let dispatcher: Vec<_> = emf::of(&records, "dispatcher", Some(&run_id)).collect();
+    assert_eq!(dispatcher.len(), 1);
+    assert_eq!(
+        emf::sum(dispatcher.iter().copied(), "BatchesQueued"),
+        run.total_batches as f64
+    );
+    assert_eq!(
+        emf::sum(dispatcher.iter().copied(), "DocumentsQueued"),
+        run.total_documents as f64
+    );
+    assert_eq!(
+        emf::sum(dispatcher.iter().copied(), "EstimatedTokens"),
+        run.estimated_tokens as f64
+    );
 }

@@ -114,6 +114,13 @@ const PROVIDER_HINT: &str = "set EMBEDDING_PROVIDER to openai, azure or compatib
 const QUEUE_HINT: &str =
     "set it to the URL of the backfill SQS queue (the stack output WorkQueueUrl)";
 
+/// CloudWatch metrics: their namespace and the `Function` dimension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub namespace: String,
+    pub function: String,
+}
+
 /// Reads settings through a lookup function, so tests can pass a map instead of
 /// mutating the process environment.
 pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
@@ -306,6 +313,45 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             dlq_url: self.get("BACKFILL_DLQ_URL"),
             max_receive_count: self.max_receive_count()?,
         })
+    }
+
+    /// Where the Lambdas' metrics go: `Some` when records are to be written
+    /// (under Lambda, unless `BACKFILL_METRICS=off`; elsewhere only with
+    /// `BACKFILL_METRICS=emf`), so the CLI prints none by default.
+    pub fn metrics(&self) -> Result<Option<MetricsConfig>, ConfigError> {
+        let function = self.get("AWS_LAMBDA_FUNCTION_NAME");
+        let on = match self.get("BACKFILL_METRICS").as_deref() {
+            None => function.is_some(),
+            Some("emf") => true,
+            Some("off") => false,
+            Some(other) => return Err(ConfigError::Invalid {
+                name: "BACKFILL_METRICS",
+                value: other.into(),
+                reason:
+                    "it must be emf (CloudWatch Embedded Metric Format records on stdout) or off"
+                        .into(),
+            }),
+        };
+        if !on {
+            return Ok(None);
+        }
+        let namespace = self
+            .get("BACKFILL_METRICS_NAMESPACE")
+            .unwrap_or_else(|| "EmbedBackfill".into());
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._/#:-".contains(c);
+        if namespace.len() > 255 || !namespace.chars().all(allowed) {
+            return Err(ConfigError::Invalid {
+                name: "BACKFILL_METRICS_NAMESPACE",
+                value: namespace,
+                reason:
+                    "a CloudWatch namespace is 1-255 characters of letters, digits and . _ / # : -"
+                        .into(),
+            });
+        }
+        Ok(Some(MetricsConfig {
+            namespace,
+            function: function.unwrap_or_else(|| "backfill".into()),
+        }))
     }
 
     /// The queue's maxReceiveCount; a worker needs it without the queue's URL.

@@ -16,6 +16,7 @@ pub use request::{
 use crate::embedder::Provider;
 use crate::failpoint;
 use crate::ids::{BatchSeq, RunId};
+use crate::metrics::{DispatchRecord, Metrics};
 use crate::progress;
 use crate::queue::{BatchMessage, Queue, QueueError};
 use crate::store::BatchRef;
@@ -27,7 +28,7 @@ use paging::Cursor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 use thiserror::Error;
 use tokio::time::Instant;
 
@@ -191,6 +192,7 @@ pub struct Dispatcher<Q> {
     store: Arc<dyn Store>,
     queue: Q,
     provider: Arc<dyn Provider>,
+    metrics: Metrics,
 }
 
 impl<Q: Queue> Dispatcher<Q> {
@@ -199,7 +201,14 @@ impl<Q: Queue> Dispatcher<Q> {
             store,
             queue,
             provider,
+            metrics: Metrics::off(),
         }
+    }
+
+    /// This dispatcher, writing a metrics record per invocation into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub async fn dispatch(&self, opts: &DispatchOptions) -> Result<DispatchSummary, DispatchError> {
@@ -232,10 +241,39 @@ impl<Q: Queue> Dispatcher<Q> {
             return Err(DispatchError::ActiveRun(conflict));
         }
         tracing::info!(run_id = %run, archive = ?opts.archive, "run created");
+        let started = StdInstant::now();
         let cursor = Cursor::start(opts);
         let selection = self.params(opts).selection();
-        self.page_and_finish(run, &selection, opts, cursor, deadline)
-            .await
+        let answer = self
+            .page_and_finish(run, &selection, opts, cursor, deadline)
+            .await?;
+        self.record(run, None, &answer, started);
+        Ok(answer)
+    }
+
+    /// The metrics record of one invocation: what it added to the run's
+    /// totals, so the records of a run's continuations add up to the run.
+    fn record(
+        &self,
+        run: RunId,
+        before: Option<&DispatchSummary>,
+        after: &DispatchSummary,
+        started: StdInstant,
+    ) {
+        let was = |f: fn(&DispatchSummary) -> u64| before.map_or(0, f);
+        self.metrics.dispatch(DispatchRecord {
+            timestamp: SystemTime::now(),
+            run: run.to_string(),
+            batches_queued: after.batches.saturating_sub(was(|s| s.batches)),
+            documents_queued: after.documents.saturating_sub(was(|s| s.documents)),
+            estimated_tokens: after
+                .estimated_tokens
+                .saturating_sub(was(|s| s.estimated_tokens)),
+            estimated_cost_usd: (after.estimated_cost_usd
+                - before.map_or(0.0, |s| s.estimated_cost_usd))
+            .max(0.0),
+            dispatch_duration: started.elapsed(),
+        });
     }
 
     /// What a run of `opts` records: with the provider's model and dimensions.
@@ -273,6 +311,8 @@ impl<Q: Queue> Dispatcher<Q> {
         if status.state != RunState::Dispatching {
             return Ok(summary(&status, &opts, true));
         }
+        let started = StdInstant::now();
+        let before = summary(&status, &opts, false);
         let resent = match before_deadline(deadline, self.resend_pending(run, &opts)).await {
             None => return self.stopped_at_deadline(run, &opts).await,
             Some(Err(e)) => return Err(self.stopped(run, e).await),
@@ -287,6 +327,7 @@ impl<Q: Queue> Dispatcher<Q> {
             .page_and_finish(run, &params.selection(), &opts, cursor, deadline)
             .await?;
         answer.resent_batches = resent;
+        self.record(run, Some(&before), &answer, started);
         Ok(answer)
     }
 

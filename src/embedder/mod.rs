@@ -10,6 +10,7 @@
 
 pub mod azure;
 pub mod batching;
+pub mod calls;
 pub mod compatible;
 pub mod openai;
 pub mod tokens;
@@ -18,6 +19,7 @@ use crate::config::{ConfigError, EmbeddingConfig, ProviderSettings};
 use crate::rate::{Governor, RateSignals, TooLong};
 use crate::retry::Backoff;
 use crate::store::Mode;
+pub use calls::{Calls, Tally};
 pub use openai::BatchTarget;
 use reqwest::header::HeaderMap;
 use std::sync::Arc;
@@ -205,16 +207,19 @@ impl Embedder {
 
     /// Embeds `inputs` (`tokens` in all) when the rate governor allows,
     /// retrying transient failures until `deadline` (less a margin) would be
-    /// passed. Permanent errors return at once.
+    /// passed. Permanent errors return at once. Every request and wait is
+    /// added to `calls`.
     pub async fn embed(
         &self,
         inputs: &[&str],
         tokens: u64,
         deadline: Option<Instant>,
+        calls: &Calls,
     ) -> Result<Embeddings, EmbedError> {
         let margin = Duration::from_secs(5);
         let mut attempt = 1;
         loop {
+            let asked = Instant::now();
             let permit = self
                 .governor
                 .acquire(tokens, deadline.map(|d| d - margin))
@@ -224,8 +229,10 @@ impl Embedder {
                         "the rate budget has no room for {tokens} tokens before the deadline"
                     ),
                     retry_after: Some(wait),
-                })?;
-            let result = self.send(inputs).await;
+                });
+            calls.waited(asked.elapsed());
+            let permit = permit?;
+            let result = self.send(inputs, calls).await;
             drop(permit);
             match result {
                 Ok(e) => return Ok(e),
@@ -248,13 +255,17 @@ impl Embedder {
     }
 
     /// One request, no retries; tells the governor what the answer said.
-    async fn send(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
+    async fn send(&self, inputs: &[&str], calls: &Calls) -> Result<Embeddings, EmbedError> {
         let p = &self.provider;
-        let transport = |e: reqwest::Error| EmbedError::Transport {
-            url: p.url().to_string(),
-            url_var: p.url_var(),
-            reason: describe(&e),
+        let transport = |e: reqwest::Error| {
+            calls.unanswered();
+            EmbedError::Transport {
+                url: p.url().to_string(),
+                url_var: p.url_var(),
+                reason: describe(&e),
+            }
         };
+        let sent = Instant::now();
         let response = p
             .request(&self.http, inputs)
             .send()
@@ -263,8 +274,10 @@ impl Embedder {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(transport)?;
+        let took = sent.elapsed();
         let signals = p.rate_signals(&headers);
         if status != 200 {
+            calls.answered(status, took, 0);
             let err = p.classify(status, &headers, &bytes);
             let limited = match &err {
                 EmbedError::RateLimited { retry_after, .. } => {
@@ -276,7 +289,11 @@ impl Embedder {
             return Err(err);
         }
         self.governor.observe(signals, None);
-        openai::decode(&bytes, inputs.len(), p.dimensions())
+        let decoded = openai::decode(&bytes, inputs.len(), p.dimensions());
+        // A 200 is billed even when its body cannot be read.
+        let billed = decoded.as_ref().map_or(0, |e| e.prompt_tokens);
+        calls.answered(status, took, billed);
+        decoded
     }
 }
 

@@ -62,18 +62,32 @@ enum Redo {
     Direct,
 }
 
+/// What a collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Collected {
+    /// Batches that ended here.
+    pub batches: u64,
+    /// Batches that went back into a new job.
+    pub requeued: u64,
+    /// Documents the status row counted embedded for the batches ended here.
+    pub documents: u64,
+    /// Tokens of the lines written (the batches embedded directly count theirs
+    /// in their own records).
+    pub tokens: u64,
+}
+
 impl Poller {
-    /// Streams the output and error files; returns the batches that ended
-    /// here and those that went back into a new job.
+    /// Streams the output and error files, ending the batches whose lines all
+    /// came back and sending the rest again.
     pub(super) async fn collect(
         &self,
         job: &Job,
         settings: &Settings,
         remote: &super::api::RemoteBatch,
         deadline: Option<Instant>,
-    ) -> Result<(u64, u64), JobError> {
+    ) -> Result<Collected, JobError> {
         let mut open = self.open_batches(job).await?;
-        let mut ended = 0u64;
+        let mut c = Collected::default();
         // Batches whose every line is written: none of theirs are left.
         for seq in open
             .iter()
@@ -82,8 +96,7 @@ impl Poller {
             .collect::<Vec<_>>()
         {
             if let Some(o) = open.remove(&seq) {
-                self.finish(job, seq, o).await?;
-                ended += 1;
+                self.finish(job, seq, o, &mut c).await?;
             }
         }
         if let Some(file) = &remote.output_file_id {
@@ -111,8 +124,7 @@ impl Poller {
                 o.lines_left -= 1;
                 if o.lines_left == 0 {
                     if let Some(o) = open.remove(&seq) {
-                        self.finish(job, seq, o).await?;
-                        ended += 1;
+                        self.finish(job, seq, o, &mut c).await?;
                     }
                 }
             }
@@ -144,6 +156,7 @@ impl Poller {
                 .remove(&seq)
                 .unwrap_or_else(|| "its line did not come back".into());
             self.write_partial(job, seq, &o, &why).await?;
+            c.tokens += o.tokens;
             match how {
                 Redo::Resubmit => resubmit.push(seq),
                 Redo::Direct => {
@@ -157,18 +170,17 @@ impl Poller {
                     if let Err(e) = result {
                         tracing::warn!(run_id = %job.run_id, batch = seq.0, error = %e, "a batch the Batch API refused an input of failed in direct mode too");
                     }
-                    ended += 1;
+                    c.batches += 1;
                 }
             }
         }
-        let requeued = if resubmit.is_empty() {
-            0
-        } else {
-            self.store
+        if !resubmit.is_empty() {
+            c.requeued = self
+                .store
                 .queue_in_jobs(job.run_id, &resubmit, settings.job_size, Some(job.seq))
-                .await?
-        };
-        Ok((ended, requeued))
+                .await?;
+        }
+        Ok(c)
     }
 
     /// The job's batches that have not ended, with their plans.
@@ -209,12 +221,24 @@ impl Poller {
     }
 
     /// Ends a batch all of whose lines came back, as the worker would.
-    async fn finish(&self, job: &Job, seq: BatchSeq, o: Open) -> Result<(), JobError> {
+    async fn finish(
+        &self,
+        job: &Job,
+        seq: BatchSeq,
+        o: Open,
+        c: &mut Collected,
+    ) -> Result<(), JobError> {
         let (combined, _) = o.plan.plan.combine(&o.vectors, &HashSet::new());
         let rows: Vec<VectorRow<'_>> = combined.iter().map(Combined::row).collect();
-        self.store
+        let done = self
+            .store
             .write_and_complete(job.run_id, seq, &rows, o.tokens, &[])
             .await?;
+        c.batches += 1;
+        c.tokens += o.tokens;
+        if done.counted {
+            c.documents += done.written;
+        }
         Ok(())
     }
 

@@ -18,12 +18,13 @@ pub use api::{BatchApi, RemoteStatus};
 use crate::embedder::EmbedError;
 use crate::ids::{BatchSeq, JobSeq, RunId};
 use crate::inputs::Plan;
-use crate::store::{Job, JobRef, JobState, JobUpdate, JobsDue, RunStatus, Store, StoreError};
+use crate::metrics::{Metrics, TickRecord};
+use crate::store::{Job, JobRef, JobState, JobUpdate, JobsDue, Mode, RunStatus, Store, StoreError};
 use crate::worker::{Settings, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use submit::Submitted;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -90,6 +91,10 @@ pub struct TickReport {
     pub batches_ended: u64,
     /// Batches that went back into a new job.
     pub batches_requeued: u64,
+    /// Documents counted embedded by the batches that ended on collection.
+    pub documents_embedded: u64,
+    /// Tokens of the lines collected.
+    pub tokens: u64,
     pub failed: u64,
     /// Jobs left for the next tick (its deadline, or another poller's lease).
     pub left: u64,
@@ -102,6 +107,7 @@ pub struct Poller {
     worker: Worker,
     /// The account's queued-token limit for the model, when configured.
     queue_tokens: Option<u64>,
+    metrics: Metrics,
 }
 
 impl Poller {
@@ -121,7 +127,14 @@ impl Poller {
             api: BatchApi::new(http, target),
             worker,
             queue_tokens,
+            metrics: Metrics::off(),
         })
+    }
+
+    /// This poller, writing a metrics record per tick into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Collects the jobs that ended and submits ready ones (of `run` alone,
@@ -176,10 +189,12 @@ impl Poller {
                 }
                 Ok(Handled::Submitted(Submitted::Empty)) => report.collected += 1,
                 Ok(Handled::Watched(Watched::Running)) => report.running += 1,
-                Ok(Handled::Watched(Watched::Collected { batches, requeued })) => {
+                Ok(Handled::Watched(Watched::Collected(c))) => {
                     report.collected += 1;
-                    report.batches_ended += batches;
-                    report.batches_requeued += requeued;
+                    report.batches_ended += c.batches;
+                    report.batches_requeued += c.requeued;
+                    report.documents_embedded += c.documents;
+                    report.tokens += c.tokens;
                     due.queued_jobs = due.queued_jobs.saturating_sub(1);
                     due.queued_tokens = due.queued_tokens.saturating_sub(job.estimated_tokens);
                 }
@@ -204,11 +219,21 @@ impl Poller {
             collected = report.collected,
             batches_ended = report.batches_ended,
             batches_requeued = report.batches_requeued,
+            documents_embedded = report.documents_embedded,
+            tokens = report.tokens,
             failed = report.failed,
             left = report.left,
             errors = report.errors.len(),
             "batch jobs polled"
         );
+        self.metrics.tick(TickRecord {
+            timestamp: SystemTime::now(),
+            jobs_submitted: report.submitted,
+            jobs_collected: report.collected,
+            documents_embedded: report.documents_embedded,
+            tokens: report.tokens,
+            cost_usd: self.worker.provider().cost_usd(report.tokens, Mode::Batch),
+        });
         Ok(report)
     }
 

@@ -2,6 +2,7 @@
 //! it is still running, is collected (`collect.rs`), waits for
 //! room in the account's queue, or fails with the provider's reason.
 
+use super::collect::Collected;
 use super::{JobError, Poller, RemoteStatus};
 use crate::store::{Job, JobState, JobUpdate, JobsDue};
 use crate::worker::Settings;
@@ -18,7 +19,7 @@ pub(super) enum Watched {
     #[default]
     Running,
     /// Collected: its batches ended or went to other jobs.
-    Collected { batches: u64, requeued: u64 },
+    Collected(Collected),
     /// The provider's queue was full: back to ready.
     Requeued,
     /// Refused or cancelled: its batches failed with the reason.
@@ -55,7 +56,7 @@ impl Poller {
         };
         match remote.status {
             RemoteStatus::Completed | RemoteStatus::Expired => {
-                let (batches, requeued) = self.collect(job, settings, &remote, deadline).await?;
+                let collected = self.collect(job, settings, &remote, deadline).await?;
                 self.record(
                     job,
                     JobUpdate {
@@ -75,7 +76,7 @@ impl Poller {
                 for file in files.into_iter().flatten() {
                     self.delete_file(file, "a collected job's").await;
                 }
-                Ok(Watched::Collected { batches, requeued })
+                Ok(Watched::Collected(collected))
             }
             RemoteStatus::Failed if remote.over_queue_limit() => {
                 // Refused while others were queued, it waits for fewer;

@@ -258,7 +258,13 @@ pub struct Completion {
     pub skipped: u64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// A failure as the status row counted it: the documents are counted only
+/// when `counted` (the failure ended the batch, once).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct FailureRecord {
     pub counted: bool,
+    #[serde(default)]
+    pub documents_failed: u64,
+    #[serde(default)]
+    pub documents_embedded: u64,
 }

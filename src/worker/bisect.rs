@@ -2,11 +2,10 @@
 //! that cause it, so only those documents fail and the rest are embedded.
 
 use super::Worker;
-use crate::embedder::{tokens, EmbedError};
+use crate::embedder::{tokens, Calls, EmbedError};
 use crate::ids::DocumentId;
 use crate::store::FailedDocument;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;
 
 impl Worker {
@@ -17,7 +16,7 @@ impl Worker {
         prepared: &[(DocumentId, tokens::Prepared<'_>)],
         group: Range<usize>,
         deadline: Option<Instant>,
-        billed: &AtomicU64,
+        calls: &Calls,
     ) -> Result<GroupResult, EmbedError> {
         let mut out = GroupResult::default();
         let mut todo = vec![group];
@@ -31,9 +30,8 @@ impl Worker {
                 .map(|(_, p)| p.tokens as u64)
                 .sum();
             out.requests += 1;
-            match self.embedder.embed(&inputs, tokens, deadline).await {
+            match self.embedder.embed(&inputs, tokens, deadline, calls).await {
                 Ok(e) => {
-                    billed.fetch_add(e.prompt_tokens, Ordering::Relaxed);
                     out.tokens += e.prompt_tokens;
                     out.vectors.extend(range.zip(e.vectors));
                 }

@@ -11,20 +11,20 @@ pub(crate) use settings::Settings;
 mod tests;
 
 use crate::embedder::batching;
-use crate::embedder::Embedder;
+use crate::embedder::{Calls, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::inputs::{Combined, Inputs};
+use crate::metrics::{self, BatchRecord, Metrics};
 use crate::queue::{BatchMessage, IncomingMessage};
-use crate::store::{BatchState, FailedDocument, Store, VectorRow};
+use crate::store::{BatchState, FailedDocument, FailureRecord, Mode, Store, VectorRow};
 use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use std::time::Instant as StdInstant;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -69,6 +69,7 @@ pub struct Worker {
     /// deadline: a batch's lease must end by then, so that the message SQS
     /// brings back after a crash finds its batch free.
     lease_cap: Option<Duration>,
+    metrics: Metrics,
 }
 
 /// A delivery with no deadline holds its batch this long.
@@ -81,7 +82,14 @@ impl Worker {
             embedder,
             max_receive_count,
             lease_cap: None,
+            metrics: Metrics::off(),
         }
+    }
+
+    /// This worker, writing a metrics record per delivery into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// This worker, holding batches no longer than `visibility` (the queue's
@@ -172,10 +180,10 @@ impl Worker {
         deadline: Option<Instant>,
     ) -> Result<BatchReport, WorkerError> {
         let started = StdInstant::now();
-        // Tokens of every request the API answered, kept outside the work so a
-        // failed or cut-off delivery still records what it was billed.
-        let billed = AtomicU64::new(0);
-        let work = self.process(m, receive_count, deadline, &billed);
+        // Kept outside the work so a failed or cut-off delivery still records
+        // what it was billed.
+        let calls = Calls::default();
+        let work = self.process(m, receive_count, deadline, &calls);
         // Every call inside has its own retries; this bounds them all, so the
         // failure is recorded and answered before Lambda stops the process.
         let result = match deadline {
@@ -187,8 +195,32 @@ impl Worker {
             }
             None => work.await,
         };
-        let e = match &result {
+        let tally = calls.tally();
+        let mut record = BatchRecord {
+            timestamp: SystemTime::now(),
+            run: m.run_id.to_string(),
+            documents_embedded: 0,
+            documents_skipped: 0,
+            documents_failed: 0,
+            tokens: 0,
+            cost_usd: 0.0,
+            api_requests: 0,
+            api_throttled: 0,
+            api_server_errors: 0,
+            api_latency: None,
+            batch_duration: Duration::ZERO,
+            rate_wait: Duration::ZERO,
+            batches_done: 0,
+            batches_failed: 0,
+        };
+        match &result {
             Ok(r) => {
+                if r.counted {
+                    record.documents_embedded = r.embedded;
+                    record.documents_skipped = r.skipped;
+                    record.documents_failed = r.failed as u64;
+                    record.batches_done = 1;
+                }
                 tracing::info!(
                     documents = r.documents,
                     embedded = r.embedded,
@@ -199,6 +231,9 @@ impl Worker {
                     averaged = r.averaged,
                     tokens = r.tokens,
                     requests = r.requests,
+                    http_requests = tally.requests,
+                    throttled = tally.throttled,
+                    rate_wait_ms = tally.rate_wait.as_millis() as u64,
                     already_done = r.already_done,
                     fetch_ms = r.fetch_ms,
                     embed_ms = r.embed_ms,
@@ -206,10 +241,36 @@ impl Worker {
                     total_ms = started.elapsed().as_millis() as u64,
                     "batch done"
                 );
-                return result;
             }
-            Err(e) => e,
-        };
+            Err(e) => {
+                let failure = self
+                    .record_failure(m, receive_count, e, tally.billed_tokens)
+                    .await;
+                record.documents_embedded = failure.documents_embedded;
+                record.documents_failed = failure.documents_failed;
+                record.batches_failed = u64::from(failure.counted);
+            }
+        }
+        record.tokens = tally.billed_tokens;
+        record.cost_usd = self.provider().cost_usd(tally.billed_tokens, Mode::Direct);
+        record.api_requests = tally.requests;
+        record.api_throttled = tally.throttled;
+        record.api_server_errors = tally.server_errors;
+        record.api_latency = metrics::mean(&tally.latencies);
+        record.rate_wait = tally.rate_wait;
+        record.batch_duration = started.elapsed();
+        self.metrics.batch(record);
+        result
+    }
+
+    /// Records a failed delivery in the status tables; what they counted.
+    async fn record_failure(
+        &self,
+        m: &BatchMessage,
+        receive_count: u32,
+        e: &WorkerError,
+        billed: u64,
+    ) -> FailureRecord {
         let permanent = !e.is_transient() || receive_count >= self.max_receive_count;
         tracing::warn!(permanent, error = %e, "batch failed");
         let recorded_elsewhere = matches!(
@@ -219,18 +280,16 @@ impl Worker {
                 | WorkerError::FailedBefore(..)
                 | WorkerError::Leased(..)
         );
-        if !recorded_elsewhere {
-            let billed = billed.load(Ordering::Relaxed);
-            let error = e.to_string();
-            if let Err(rec) = self
-                .store
-                .fail_batch(m.run_id, m.batch, &error, permanent, billed)
-                .await
-            {
-                tracing::error!(error = %rec, "could not record the batch failure");
-            }
+        if recorded_elsewhere {
+            return FailureRecord::default();
         }
-        result
+        self.store
+            .fail_batch(m.run_id, m.batch, &e.to_string(), permanent, billed)
+            .await
+            .unwrap_or_else(|rec| {
+                tracing::error!(error = %rec, "could not record the batch failure");
+                FailureRecord::default()
+            })
     }
 
     async fn process(
@@ -238,7 +297,7 @@ impl Worker {
         msg: &BatchMessage,
         receive_count: u32,
         deadline: Option<Instant>,
-        billed: &AtomicU64,
+        calls: &Calls,
     ) -> Result<BatchReport, WorkerError> {
         let mut report = BatchReport {
             run_id: Some(msg.run_id),
@@ -323,7 +382,7 @@ impl Worker {
             limits.tokens_per_request,
         );
         let mut results = futures::stream::iter(groups)
-            .map(|g| self.embed_group(prepared, g, deadline, billed))
+            .map(|g| self.embed_group(prepared, g, deadline, calls))
             .buffer_unordered(self.embedder.max_concurrent_requests());
         while let Some(group) = results.next().await {
             let group = group?;

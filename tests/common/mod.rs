@@ -3,6 +3,8 @@
 //! project's embeddings server), whose settings are in `.stack/env`.
 #![allow(dead_code)]
 
+pub mod emf;
+
 use aws_sdk_sqs::types::QueueAttributeName;
 use embed_backfill::config::Env;
 use embed_backfill::dispatch::Dispatcher;

@@ -235,7 +235,9 @@ BEGIN
         updated_at = now()
     WHERE id = p_run_id;
     PERFORM public.backfill_settle_run(p_run_id);
-    RETURN jsonb_build_object('counted', v_counted);
+    RETURN jsonb_build_object('counted', v_counted,
+        'documents_failed', CASE WHEN v_counted THEN v_failed ELSE 0 END,
+        'documents_embedded', CASE WHEN v_counted THEN v_batch.documents_written ELSE 0 END);
 END $$;
 
 REVOKE ALL ON FUNCTION

@@ -237,7 +237,7 @@ impl State {
         tokens_billed: u64,
     ) -> FailureRecord {
         let now = Utc::now();
-        let not_counted = FailureRecord { counted: false };
+        let not_counted = FailureRecord::default();
         let Some(r) = self.run_mut(run) else {
             return not_counted;
         };
@@ -248,6 +248,7 @@ impl State {
         let failed =
             (b.ids.len() as u64).saturating_sub(b.documents_embedded + b.documents_written);
         let counted = permanent && b.state != BatchState::Failed;
+        let written = b.documents_written;
         if counted {
             r.batches_failed += 1;
             r.documents_failed += failed;
@@ -274,6 +275,10 @@ impl State {
         ));
         r.updated_at = now;
         r.settle(now);
-        FailureRecord { counted }
+        FailureRecord {
+            counted,
+            documents_failed: if counted { failed } else { 0 },
+            documents_embedded: if counted { written } else { 0 },
+        }
     }
 }
