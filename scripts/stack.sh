@@ -23,7 +23,8 @@ MAX_ROWS="${STACK_MAX_ROWS:-1000}"
 PG_OS_USER="${STACK_PG_OS_USER:-embedbackfill}"
 QUEUE_NAME="embed-backfill-queue"
 DLQ_NAME="embed-backfill-dlq"
-# The SAM template's worker timeout is 120 s; AWS advises a visibility timeout of 6x.
+# The SAM template's worker timeout is 120 s; AWS advises a visibility timeout of 6x it plus
+# the batching window, which local consumers do not have.
 VISIBILITY_TIMEOUT=720
 MAX_RECEIVE_COUNT=5
 
