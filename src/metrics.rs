@@ -287,6 +287,47 @@ mod tests {
     }
 
     #[test]
+    fn on_under_lambda_off_in_the_cli_unless_asked() {
+        let env = |vars: &[(&str, &str)]| {
+            let vars: std::collections::HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            crate::config::Env(move |name: &str| vars.get(name).cloned()).metrics()
+        };
+        assert_eq!(env(&[]), Ok(None));
+        let lambda = env(&[("AWS_LAMBDA_FUNCTION_NAME", "stack-worker")]).unwrap();
+        assert_eq!(lambda, Some(config()));
+        assert_eq!(
+            env(&[
+                ("AWS_LAMBDA_FUNCTION_NAME", "w"),
+                ("BACKFILL_METRICS", "off")
+            ]),
+            Ok(None)
+        );
+        let cli = env(&[
+            ("BACKFILL_METRICS", "emf"),
+            ("BACKFILL_METRICS_NAMESPACE", "Team/Search"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (cli.namespace.as_str(), cli.function.as_str()),
+            ("Team/Search", "backfill")
+        );
+        for (name, value, says) in [
+            ("BACKFILL_METRICS", "json", "emf"),
+            ("BACKFILL_METRICS_NAMESPACE", "has space", "namespace"),
+        ] {
+            let err = env(&[("AWS_LAMBDA_FUNCTION_NAME", "w"), (name, value)]).unwrap_err();
+            assert!(
+                err.to_string().contains(name) && err.to_string().contains(says),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn off_writes_nothing() {
         Metrics::off().batch(batch(&[]));
         assert_eq!(format!("{:?}", Metrics::off()), "Metrics(off)");
