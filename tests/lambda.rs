@@ -649,6 +649,19 @@ async fn batch_mode_runs_through_the_dispatcher_and_the_scheduled_poller() {
         (written.len() as u64, 0),
         "{run:?}"
     );
+    // The poller's records add up to the run, at the batch price.
+    let log = std::fs::read_to_string(emulator.dir.join("watch.log")).unwrap();
+    let records = emf::records(&log);
+    let poller = || emf::of(&records, "poller", None);
+    assert_eq!(poller().count(), ticks.len(), "one record per tick");
+    assert_eq!(emf::sum(poller(), "JobsSubmitted"), 1.0);
+    assert_eq!(emf::sum(poller(), "JobsCollected"), 1.0);
+    assert_eq!(
+        emf::sum(poller(), "DocumentsEmbedded"),
+        run.documents_embedded as f64
+    );
+    assert_eq!(emf::sum(poller(), "Tokens"), run.tokens_billed as f64);
+    assert!((emf::sum(poller(), "CostUsd") - run.actual_cost_usd).abs() < 1e-9);
 
     // Every vector came from the Batch API: read before the expected vectors
     // below, which are direct requests.
