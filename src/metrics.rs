@@ -180,28 +180,7 @@ pub fn mean(all: &[Duration]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn records(buffer: &Buffer) -> Vec<Value> {
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
+    use crate::testkit::Captured;
 
     fn config() -> MetricsConfig {
         MetricsConfig {
@@ -232,13 +211,13 @@ mod tests {
 
     #[test]
     fn a_batch_is_one_record_with_units_and_both_dimension_sets() {
-        let buffer = Buffer::default();
-        let metrics = Metrics::to_writer(&config(), buffer.clone());
+        let buffer = Captured::default();
+        let metrics = buffer.metrics("stack-worker");
         metrics.batch(batch(&[
             Duration::from_millis(400),
             Duration::from_millis(600),
         ]));
-        let records = records(&buffer);
+        let records = buffer.records();
         assert_eq!(records.len(), 1);
         let r = &records[0];
         let directive = &r["_aws"]["CloudWatchMetrics"][0];
@@ -275,10 +254,10 @@ mod tests {
 
     #[test]
     fn a_batch_without_answers_has_no_latency() {
-        let buffer = Buffer::default();
-        let metrics = Metrics::to_writer(&config(), buffer.clone());
+        let buffer = Captured::default();
+        let metrics = buffer.metrics("stack-worker");
         metrics.batch(batch(&[]));
-        let records = records(&buffer);
+        let records = buffer.records();
         assert!(
             !records[0].to_string().contains("\"ApiLatency\""),
             "{}",

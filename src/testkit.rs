@@ -152,3 +152,35 @@ pub fn messages(n: u32) -> Vec<BatchMessage> {
         })
         .collect()
 }
+
+/// Metrics records written into memory, read back as JSON.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// A sink writing here, as the function `function` would.
+    pub fn metrics(&self, function: &str) -> crate::metrics::Metrics {
+        let config = crate::config::MetricsConfig {
+            namespace: "EmbedBackfill".into(),
+            function: function.into(),
+        };
+        crate::metrics::Metrics::to_writer(&config, self.clone())
+    }
+
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}

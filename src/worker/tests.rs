@@ -80,6 +80,58 @@ async fn a_redelivery_counts_once_and_calls_nothing() {
 }
 
 #[tokio::test]
+async fn metrics_count_a_batch_once_with_every_request_it_made() {
+    let server = Standin::start(standin::Config::default()).await;
+    let texts: Vec<String> = (1..=5)
+        .map(|i| match i {
+            3 => format!("{} [[fail:400]]", text(i)),
+            _ => text(i),
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let store = testkit::store_with(ARCHIVE, &refs);
+    let (run, messages) = testkit::dispatch(&store, &testkit::options(ARCHIVE, 10)).await;
+    let captured = testkit::Captured::default();
+    let worker = server
+        .worker(&store, 5)
+        .with_metrics(captured.metrics("worker"));
+    worker.handle(&messages[0], None).await.unwrap();
+    worker.handle(&again(&messages[0], 2), None).await.unwrap();
+
+    let records = captured.records();
+    assert_eq!(records.len(), 2, "one record per delivery");
+    let (first, again) = (&records[0], &records[1]);
+    let status = status(&store, run).await;
+    assert_eq!(first["Run"], run.to_string());
+    assert_eq!(first["DocumentsEmbedded"], status.documents_embedded);
+    assert_eq!(first["DocumentsFailed"], status.documents_failed);
+    assert_eq!(first["Tokens"], status.tokens_billed);
+    assert_eq!(first["BatchesDone"], 1);
+    // The whole group, its halves, then the quarters down to the bad input:
+    // five requests, each answered, four of them 400s.
+    assert_eq!(first["ApiRequests"], 5);
+    assert_eq!(
+        (
+            first["ApiThrottled"].as_u64(),
+            first["ApiServerErrors"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(first["ApiLatency"].as_f64().unwrap() > 0.0, "{first}");
+    // The redelivery found the batch done: it counts nothing and asks nothing.
+    for name in [
+        "DocumentsEmbedded",
+        "DocumentsFailed",
+        "Tokens",
+        "BatchesDone",
+        "ApiRequests",
+    ] {
+        assert_eq!(again[name], 0, "{name}: {again}");
+    }
+    assert!(again.get("ApiLatency").is_none(), "{again}");
+}
+
+#[tokio::test]
 async fn a_delivery_inside_anothers_lease_backs_off_and_records_nothing() {
     let server = Standin::start(standin::Config::default()).await;
     let store = testkit::store_with(ARCHIVE, &[&text(1), &text(2)]);
