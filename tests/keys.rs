@@ -10,7 +10,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{insert_texts, options, run_of, unique, Gateway, Stack};
+use common::{backfill, insert_texts, json_of, options, run_of, unique, Gateway, Stack};
 use devstack::standin;
 use embed_backfill::dispatch::Dispatcher;
 use embed_backfill::embedder::EmbedError;
@@ -398,4 +398,55 @@ async fn the_dispatcher_needs_only_the_supabase_secret() {
     // A worker with these settings has no key, and says which.
     let err = setup::worker(&env, &store).unwrap_err().to_string();
     assert!(err.contains("OPENAI_API_KEY"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_reads_the_secrets_its_environment_names() {
+    let stack = Stack::load();
+    let moto = Moto::new(&stack);
+    let supabase = moto
+        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
+        .await;
+    let openai = moto
+        .create(json!({ "OPENAI_API_KEY": stack.var("OPENAI_API_KEY") }))
+        .await;
+    let settings = keyless(
+        &stack,
+        &stack.var("STANDIN_URL"),
+        &[
+            ("BACKFILL_SUPABASE_SECRET_ID", &supabase),
+            ("BACKFILL_OPENAI_SECRET_ID", &openai),
+        ],
+    );
+    let verify = ["verify", "--archive", &unique("none"), "--json"];
+    json_of(&backfill(&settings, &verify));
+
+    let leaked = "sk-must-not-leak";
+    let misplaced = moto
+        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY"), "OPENAI_API_KEY": leaked }))
+        .await;
+    let doubled = moto.create(json!({ "OPENAI_API_KEY": leaked })).await;
+    let cases = [
+        (
+            settings.with("BACKFILL_SUPABASE_SECRET_ID", &misplaced),
+            vec![misplaced.as_str(), "BACKFILL_OPENAI_SECRET_ID"],
+        ),
+        (
+            settings.with("BACKFILL_SECRET_ID", &doubled),
+            vec![doubled.as_str(), openai.as_str(), "OPENAI_API_KEY"],
+        ),
+        (
+            settings.with("BACKFILL_KEY_REFRESH_MINUTES", "0"),
+            vec!["BACKFILL_KEY_REFRESH_MINUTES", "1 to 1440"],
+        ),
+    ];
+    for (wrong, expected) in cases {
+        let out = backfill(&wrong, &verify);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "{part}: {stderr}");
+        }
+        assert!(!stderr.contains(leaked), "{stderr}");
+    }
 }
