@@ -14,6 +14,7 @@ pub mod ids;
 pub mod inputs;
 pub mod invoke;
 pub mod jobs;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod progress;

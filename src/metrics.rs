@@ -272,7 +272,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            crate::config::Env(move |name: &str| vars.get(name).cloned()).metrics()
+            crate::config::Env::new(move |name: &str| vars.get(name).cloned()).metrics()
         };
         assert_eq!(env(&[]), Ok(None));
         let lambda = env(&[("AWS_LAMBDA_FUNCTION_NAME", "stack-worker")]).unwrap();

@@ -1,24 +1,80 @@
-//! Keys kept in AWS Secrets Manager. The functions' configuration holds only the
-//! secret's ARN (`BACKFILL_SECRET_ID`); the keys are fetched once at cold start
-//! and layered over the environment, so nothing readable in the Lambda console
-//! or a CloudFormation template is a key.
+//! Keys kept in AWS Secrets Manager. The functions' configuration holds only
+//! secrets' ARNs; the keys are read at cold start, and read again as
+//! [`crate::keys`] says, so nothing readable in the Lambda console or a
+//! CloudFormation template is a key.
+//!
+//! A function names the secrets it reads: `BACKFILL_SUPABASE_SECRET_ID`
+//! (Supabase's key), `BACKFILL_OPENAI_SECRET_ID` (the embeddings key), or
+//! `BACKFILL_SECRET_ID`, one secret with any of them (the CLI's simple way).
+//! A role then reads only the keys its function uses.
 
-use crate::config::Env;
+use crate::config::{ConfigError, Env};
+use crate::keys::{Fetch, Key, StoredSecret, Timing};
 use crate::secret::Secret;
 use std::collections::HashMap;
+use std::sync::Arc;
 use thiserror::Error;
 
-/// Names the secret: an ARN or a name in the function's region.
-pub const SECRET_ID_VAR: &str = "BACKFILL_SECRET_ID";
-
 /// The settings a secret may hold; anything else is a mistake worth naming.
-const KEYS: [&str; 3] = [
+const KEYS: [&str; 4] = [
     "OPENAI_API_KEY",
+    "AZURE_OPENAI_API_KEY",
     "SUPABASE_SERVICE_ROLE_KEY",
     "SUPABASE_SECRET_KEY",
 ];
+const SUPABASE_KEYS: [&str; 2] = ["SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SECRET_KEY"];
+const EMBEDDINGS_KEYS: [&str; 2] = ["OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"];
 
 const SHAPE: &str = r#"store a JSON object such as {"OPENAI_API_KEY": "sk-...", "SUPABASE_SERVICE_ROLE_KEY": "eyJ..."}"#;
+
+/// Which variable names a secret, and so which keys it may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `BACKFILL_SECRET_ID`: any of the keys.
+    All,
+    /// `BACKFILL_SUPABASE_SECRET_ID`: Supabase's key only.
+    Supabase,
+    /// `BACKFILL_OPENAI_SECRET_ID`: the embeddings key only.
+    Embeddings,
+}
+
+impl Scope {
+    pub const EVERY: [Scope; 3] = [Scope::All, Scope::Supabase, Scope::Embeddings];
+
+    /// The variable naming the secret: an ARN or a name in the function's region.
+    pub fn var(self) -> &'static str {
+        match self {
+            Scope::All => "BACKFILL_SECRET_ID",
+            Scope::Supabase => "BACKFILL_SUPABASE_SECRET_ID",
+            Scope::Embeddings => "BACKFILL_OPENAI_SECRET_ID",
+        }
+    }
+
+    fn may_hold(self, key: &str) -> bool {
+        match self {
+            Scope::All => KEYS.contains(&key),
+            Scope::Supabase => SUPABASE_KEYS.contains(&key),
+            Scope::Embeddings => EMBEDDINGS_KEYS.contains(&key),
+        }
+    }
+
+    /// Refuses a key this secret may not hold, naming the one that may.
+    pub fn check(self, id: &str, keys: &HashMap<String, Secret>) -> Result<(), SecretsError> {
+        match keys.keys().find(|key| !self.may_hold(key)) {
+            None => Ok(()),
+            Some(key) => Err(SecretsError::Misplaced {
+                id: id.into(),
+                var: self.var(),
+                key: key.clone(),
+                home: if SUPABASE_KEYS.contains(&key.as_str()) {
+                    Scope::Supabase.var()
+                } else {
+                    Scope::Embeddings.var()
+                },
+            }),
+        }
+    }
+}
 
 /// Messages name the secret and the offending key, never a value.
 #[derive(Debug, Error)]
@@ -33,6 +89,25 @@ pub enum SecretsError {
     NotString { id: String, key: String },
     #[error("secret {id} holds {key}, which embed-backfill does not read; the keys it reads are {}", KEYS.join(", "))]
     UnknownKey { id: String, key: String },
+    #[error("secret {id} ({var}) holds {key}, which it may not: put {key} in the secret {home} names (or in BACKFILL_SECRET_ID's)")]
+    Misplaced {
+        id: String,
+        var: &'static str,
+        key: String,
+        home: &'static str,
+    },
+    #[error("{key} is in two secrets, {first} ({first_var}) and {second} ({second_var}): keep it in one")]
+    TwoSecrets {
+        key: String,
+        first: String,
+        first_var: &'static str,
+        second: String,
+        second_var: &'static str,
+    },
+    #[error("secret {id} no longer holds {key}; the key read before stays in use")]
+    KeyGone { id: String, key: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// The keys of a secret's JSON text.
@@ -73,23 +148,57 @@ pub async fn fetch(
     parse(id, text)
 }
 
-/// The process environment, with the keys of `BACKFILL_SECRET_ID` over it when
-/// that is set.
+/// The process environment, with the keys of the secrets it names over it.
 pub async fn environment() -> Result<Env<impl Fn(&str) -> Option<String>>, SecretsError> {
-    let keys = match std::env::var(SECRET_ID_VAR) {
-        Ok(id) if !id.trim().is_empty() => {
-            let client = aws_sdk_secretsmanager::Client::new(&aws_config::load_from_env().await);
-            let keys = fetch(&client, id.trim()).await?;
-            tracing::info!(secret = %id.trim(), keys = ?keys.keys().collect::<Vec<_>>(), "keys read from Secrets Manager");
-            keys
+    let env = crate::config::process_env();
+    let timing = Timing::every(env.key_refresh()?);
+    if !Scope::EVERY.iter().any(|s| env.get(s.var()).is_some()) {
+        return Ok(env);
+    }
+    let client = aws_sdk_secretsmanager::Client::new(&aws_config::load_from_env().await);
+    load(env, Arc::new(client), timing).await
+}
+
+/// `env` with the keys of the secrets it names over its own: each secret
+/// read once here, then as `timing` says. A key in two secrets is refused,
+/// so which one is used never depends on the order of reading.
+pub async fn load<F: Fn(&str) -> Option<String>>(
+    env: Env<F>,
+    fetch: Arc<dyn Fetch>,
+    timing: Timing,
+) -> Result<Env<F>, SecretsError> {
+    let named: Vec<(Scope, String)> = Scope::EVERY
+        .iter()
+        .filter_map(|s| env.get(s.var()).map(|id| (*s, id)))
+        .collect();
+    let secrets = futures::future::try_join_all(
+        named
+            .iter()
+            .map(|(scope, id)| StoredSecret::open(id, *scope, fetch.clone(), timing)),
+    )
+    .await?;
+    let mut keys: HashMap<String, (Key, Scope, &str)> = HashMap::new();
+    for ((scope, _), secret) in named.iter().zip(&secrets) {
+        let names: Vec<&str> = secret.keys().map(|(name, _)| name).collect();
+        tracing::info!(secret = %secret.id(), keys = ?names, "keys read from Secrets Manager");
+        for (name, key) in secret.keys() {
+            if let Some((_, first_scope, first)) = keys.get(name) {
+                return Err(SecretsError::TwoSecrets {
+                    key: name.to_string(),
+                    first: first.to_string(),
+                    first_var: first_scope.var(),
+                    second: secret.id().to_string(),
+                    second_var: scope.var(),
+                });
+            }
+            keys.insert(name.to_string(), (key, *scope, secret.id()));
         }
-        _ => HashMap::new(),
-    };
-    Ok(Env(move |name: &str| {
-        keys.get(name)
-            .map(|s| s.expose().to_string())
-            .or_else(|| std::env::var(name).ok())
-    }))
+    }
+    let keys = keys
+        .into_iter()
+        .map(|(name, (key, ..))| (name, key))
+        .collect();
+    Ok(env.with_keys(keys))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::embedder::{self, EmbedError, Embedder};
 use crate::jobs::{JobError, Poller};
 use crate::metrics::Metrics;
 use crate::queue::{Queue, SqsQueue};
-use crate::store::{LongText, PostgrestStore, Store, StoreError, VectorSpec};
+use crate::store::{LongText, PostgrestStore, Store, VectorSpec};
 use crate::worker::Worker;
 use std::sync::Arc;
 use thiserror::Error;
@@ -16,8 +16,6 @@ use thiserror::Error;
 pub enum SetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
     #[error(transparent)]
@@ -29,7 +27,7 @@ pub fn store<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Arc<dyn Stor
     Ok(Arc::new(PostgrestStore::new(
         &env.supabase()?,
         env.target()?,
-    )?))
+    )))
 }
 
 pub fn worker<F: Fn(&str) -> Option<String>>(

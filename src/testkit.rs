@@ -50,7 +50,7 @@ impl Standin {
             ("OPENAI_API_KEY", KEY.to_string()),
             ("BACKFILL_HTTP_TIMEOUT_SECS", "10".to_string()),
         ]);
-        Env(move |name: &str| vars.get(name).cloned())
+        Env::new(move |name: &str| vars.get(name).cloned())
             .embedding()
             .unwrap()
     }

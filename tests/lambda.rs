@@ -314,23 +314,32 @@ async fn secret(stack: &Stack, text: &str) -> String {
         .unwrap()
 }
 
-/// The stack's settings without its keys, which live in a secret instead.
+/// The stack's settings without its keys, which live in two secrets instead,
+/// as the template deploys them: Supabase's and the embeddings provider's.
 async fn keys_in_secrets_manager(stack: &Stack) -> HashMap<String, String> {
-    let keys: serde_json::Map<String, serde_json::Value> = KEYS
-        .iter()
-        .filter_map(|k| {
-            stack
-                .vars
-                .get(*k)
-                .map(|v| (k.to_string(), v.clone().into()))
-        })
-        .collect();
-    let arn = secret(stack, &serde_json::Value::Object(keys).to_string()).await;
     let mut vars = stack.vars.clone();
     for k in KEYS {
         vars.remove(k);
     }
-    vars.insert("BACKFILL_SECRET_ID".into(), arn);
+    for (var, keys) in [
+        (
+            "BACKFILL_SUPABASE_SECRET_ID",
+            &["SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SECRET_KEY"][..],
+        ),
+        ("BACKFILL_OPENAI_SECRET_ID", &["OPENAI_API_KEY"][..]),
+    ] {
+        let held: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .filter_map(|k| {
+                stack
+                    .vars
+                    .get(*k)
+                    .map(|v| (k.to_string(), v.clone().into()))
+            })
+            .collect();
+        let arn = secret(stack, &serde_json::Value::Object(held).to_string()).await;
+        vars.insert(var.into(), arn);
+    }
     vars
 }
 
@@ -733,7 +742,7 @@ async fn keys_come_from_secrets_manager_and_bad_secrets_are_named_not_shown() {
     for (text, expected) in cases {
         let arn = secret(&stack, &text).await;
         let mut bad = vars.clone();
-        bad.insert("BACKFILL_SECRET_ID".into(), arn.clone());
+        bad.insert("BACKFILL_OPENAI_SECRET_ID".into(), arn.clone());
         let out = backfill(&bad, &["verify"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
@@ -744,7 +753,10 @@ async fn keys_come_from_secrets_manager_and_bad_secrets_are_named_not_shown() {
         assert!(!stderr.contains(leaked), "{stderr}");
     }
     let mut missing = vars.clone();
-    missing.insert("BACKFILL_SECRET_ID".into(), unique("no-such-secret"));
+    missing.insert(
+        "BACKFILL_SUPABASE_SECRET_ID".into(),
+        unique("no-such-secret"),
+    );
     let out = backfill(&missing, &["verify"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("secretsmanager:GetSecretValue"), "{stderr}");

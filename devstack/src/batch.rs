@@ -613,7 +613,10 @@ async fn require_key(
     next: axum::middleware::Next,
 ) -> Response {
     match standin::check_bearer(&state.config, request.headers()) {
-        Some(refused) => refused,
+        Some(refused) => {
+            state.stats.status_401.fetch_add(1, Ordering::Relaxed);
+            refused
+        }
         None => next.run(request).await,
     }
 }

@@ -14,7 +14,9 @@
 //! `/_stack/stats` counts proxied requests per path, so tests can tell how
 //! often a function was called. `POST /_stack/faults` makes every answer
 //! slow (`{"latency_ms": 500}`) or every key refused, as after a rotation
-//! (`{"refuse_keys": true}`), until set back.
+//! (`{"refuse_keys": true}`), until set back; `{"secret_key": "sb_secret_…"}`
+//! accepts another secret key in place of the one it has, as a rotation in
+//! the dashboard does.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -431,7 +433,8 @@ impl Stats {
 
 struct Gateway {
     upstream: String,
-    secret_key: String,
+    /// A fault may replace it while the gateway runs.
+    secret_key: RwLock<String>,
     publishable_key: String,
     jwt_secret: Vec<u8>,
     max_rows: usize,
@@ -453,7 +456,12 @@ impl Gateway {
     /// The `Authorization` header postrust gets, or why the request is refused.
     fn authorize(&self, headers: &HeaderMap, apikey: Option<&str>) -> Result<HeaderValue, Refusal> {
         let apikey = apikey.ok_or(Refusal::NoKey)?;
-        let caller = if same_key(apikey.as_bytes(), self.secret_key.as_bytes()) {
+        let secret_key = self
+            .secret_key
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let caller = if same_key(apikey.as_bytes(), secret_key.as_bytes()) {
             let browser = headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
@@ -789,13 +797,22 @@ async fn reset_stats(State(gw): State<Arc<Gateway>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// `{"latency_ms": N, "refuse_keys": bool}`; a field left out is left as it is.
+/// `{"latency_ms": N, "refuse_keys": bool, "secret_key": "sb_secret_…"}`; a
+/// field left out is left as it is.
 async fn set_faults(State(gw): State<Arc<Gateway>>, Json(f): Json<Value>) -> StatusCode {
     if let Some(ms) = f.get("latency_ms").and_then(Value::as_u64) {
         gw.faults.latency_ms.store(ms, Ordering::Relaxed);
     }
     if let Some(refuse) = f.get("refuse_keys").and_then(Value::as_bool) {
         gw.faults.refuse_keys.store(refuse, Ordering::Relaxed);
+    }
+    if let Some(key) = f.get("secret_key").and_then(Value::as_str) {
+        if !key.starts_with("sb_secret_") {
+            return StatusCode::UNPROCESSABLE_ENTITY;
+        }
+        *gw.secret_key
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = key.to_string();
     }
     StatusCode::NO_CONTENT
 }
@@ -824,7 +841,7 @@ pub fn router(config: Config) -> anyhow::Result<Router> {
             service_role: RwLock::new(None),
         },
         jwt_secret: config.jwt_secret.into_bytes(),
-        secret_key: config.secret_key,
+        secret_key: RwLock::new(config.secret_key),
         publishable_key: config.publishable_key,
         max_rows: config.max_rows,
         catalog,

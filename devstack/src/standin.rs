@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_DIMENSIONS: usize = 1536;
@@ -38,7 +38,7 @@ pub const MODELS: [&str; 3] = [
 /// `[[fail:500]]` (server error).
 #[derive(Clone)]
 pub struct Config {
-    pub api_key: String,
+    pub api_key: ApiKey,
     pub dimensions: usize,
     pub latency: Duration,
     pub latency_per_1k_tokens: Duration,
@@ -81,7 +81,7 @@ impl std::fmt::Debug for Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            api_key: String::new(),
+            api_key: ApiKey::default(),
             dimensions: DEFAULT_DIMENSIONS,
             latency: Duration::ZERO,
             latency_per_1k_tokens: Duration::ZERO,
@@ -94,6 +94,34 @@ impl Default for Config {
             batch_expire_first: None,
             batch_queue_tokens: None,
         }
+    }
+}
+
+/// The one key the server accepts. A server run in a test's process can be
+/// given another while it runs, as a rotation at OpenAI revokes the old key;
+/// clones share it.
+#[derive(Clone, Default)]
+pub struct ApiKey(Arc<std::sync::RwLock<String>>);
+
+impl ApiKey {
+    pub fn set(&self, key: &str) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = key.to_string();
+    }
+
+    fn is(&self, key: &str) -> bool {
+        *self.0.read().unwrap_or_else(PoisonError::into_inner) == key
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(key.to_string())))
+    }
+}
+
+impl From<String> for ApiKey {
+    fn from(key: String) -> Self {
+        key.as_str().into()
     }
 }
 
@@ -148,6 +176,8 @@ pub(crate) struct Stats {
     tokens: AtomicU64,
     status_429: AtomicU64,
     status_4xx: AtomicU64,
+    /// Refused keys, of the embeddings and of the Batch API.
+    pub(crate) status_401: AtomicU64,
     status_5xx: AtomicU64,
     /// Batch API: batches created, lines answered (through [`embed`]), lines
     /// left unfinished by an expiry, files uploaded.
@@ -264,7 +294,7 @@ async fn azure_embeddings(
             .into_response();
     }
     let key = headers.get("api-key").and_then(|v| v.to_str().ok());
-    if key != Some(state.config.api_key.as_str()) {
+    if !key.is_some_and(|k| state.config.api_key.is(k)) {
         state.stats.requests.fetch_add(1, Ordering::Relaxed);
         return count_status(
             &state,
@@ -285,6 +315,9 @@ fn count_status(state: &AppState, response: Response) -> Response {
         state.stats.status_429.fetch_add(1, Ordering::Relaxed);
     } else if status.is_client_error() {
         state.stats.status_4xx.fetch_add(1, Ordering::Relaxed);
+        if status == StatusCode::UNAUTHORIZED {
+            state.stats.status_401.fetch_add(1, Ordering::Relaxed);
+        }
     } else if status.is_server_error() {
         state.stats.status_5xx.fetch_add(1, Ordering::Relaxed);
     }
@@ -333,7 +366,7 @@ pub(crate) fn check_bearer(cfg: &Config, headers: &HeaderMap) -> Option<Response
             None,
         ));
     };
-    if key != cfg.api_key {
+    if !cfg.api_key.is(key) {
         let tail: String = key
             .chars()
             .rev()
@@ -657,6 +690,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
         "tokens": s.tokens.load(Ordering::Relaxed),
         "status_429": s.status_429.load(Ordering::Relaxed),
         "status_4xx": s.status_4xx.load(Ordering::Relaxed),
+        "status_401": s.status_401.load(Ordering::Relaxed),
         "status_5xx": s.status_5xx.load(Ordering::Relaxed),
         "batches": s.batches.load(Ordering::Relaxed),
         "batch_lines": s.batch_lines.load(Ordering::Relaxed),
@@ -673,6 +707,7 @@ async fn reset_stats(State(state): State<Arc<AppState>>) -> StatusCode {
         &s.tokens,
         &s.status_429,
         &s.status_4xx,
+        &s.status_401,
         &s.status_5xx,
         &s.batches,
         &s.batch_lines,

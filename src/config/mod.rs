@@ -2,9 +2,11 @@
 //! under the names the old TypeScript tool and Supabase use.
 
 use crate::embedder::Limits;
+use crate::keys::Key;
 use crate::rate::Budget;
 use crate::secret::Secret;
 use crate::store::Target;
+use std::collections::HashMap;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -43,7 +45,7 @@ impl KeySource {
 pub struct SupabaseConfig {
     /// Base URL of the PostgREST API (project URL plus the REST path).
     pub rest_url: String,
-    pub key: Secret,
+    pub key: Key,
     pub key_source: KeySource,
     pub timeout: Duration,
 }
@@ -53,17 +55,17 @@ pub struct SupabaseConfig {
 pub enum ProviderSettings {
     OpenAi {
         base_url: String,
-        api_key: Option<Secret>,
+        api_key: Option<Key>,
     },
     Azure {
         endpoint: String,
-        api_key: Option<Secret>,
+        api_key: Option<Key>,
         api_version: String,
         deployment: String,
     },
     Compatible {
         base_url: String,
-        api_key: Option<Secret>,
+        api_key: Option<Key>,
         limits: Limits,
         price_per_million_tokens: f64,
     },
@@ -123,13 +125,37 @@ pub struct MetricsConfig {
 
 /// Reads settings through a lookup function, so tests can pass a map instead of
 /// mutating the process environment.
-pub struct Env<F: Fn(&str) -> Option<String>>(pub F);
+pub struct Env<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+    /// Keys read from Secrets Manager, by name: they win over the lookup's.
+    stored: HashMap<String, Key>,
+}
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name)
+    pub fn new(lookup: F) -> Self {
+        Self {
+            lookup,
+            stored: HashMap::new(),
+        }
+    }
+
+    /// The same settings with `stored` keys over them.
+    pub(crate) fn with_keys(self, stored: HashMap<String, Key>) -> Self {
+        Self { stored, ..self }
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
+    }
+
+    /// A key: from a secret when one holds it, else fixed from the lookup.
+    fn key(&self, name: &str) -> Option<Key> {
+        self.stored
+            .get(name)
+            .cloned()
+            .or_else(|| self.get(name).map(|v| Key::fixed(Secret::new(v))))
     }
 
     fn require(&self, name: &'static str, hint: &'static str) -> Result<String, ConfigError> {
@@ -181,8 +207,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .trim_end_matches('/')
             .to_string();
         let (key, key_source) = match (
-            self.get("SUPABASE_SECRET_KEY"),
-            self.get("SUPABASE_SERVICE_ROLE_KEY"),
+            self.key("SUPABASE_SECRET_KEY"),
+            self.key("SUPABASE_SERVICE_ROLE_KEY"),
         ) {
             (Some(k), _) => (k, KeySource::SecretKey),
             (None, Some(k)) => (k, KeySource::ServiceRoleKey),
@@ -195,7 +221,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         };
         Ok(SupabaseConfig {
             rest_url,
-            key: Secret::new(key),
+            key,
             key_source,
             timeout: Duration::from_secs(self.parse("BACKFILL_HTTP_TIMEOUT_SECS", 60u64)?),
         })
@@ -224,15 +250,14 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             }
             Ok(v.trim_end_matches('/').to_string())
         };
-        let key = |name: &str| self.get(name).map(Secret::new);
         let provider = match self.get("EMBEDDING_PROVIDER").as_deref() {
             None | Some("openai") => ProviderSettings::OpenAi {
                 base_url: url("OPENAI_BASE_URL", Some("https://api.openai.com/v1"))?,
-                api_key: key("OPENAI_API_KEY"),
+                api_key: self.key("OPENAI_API_KEY"),
             },
             Some("azure") => ProviderSettings::Azure {
                 endpoint: url("AZURE_OPENAI_ENDPOINT", None)?,
-                api_key: key("AZURE_OPENAI_API_KEY"),
+                api_key: self.key("AZURE_OPENAI_API_KEY"),
                 api_version: self
                     .get("OPENAI_API_VERSION")
                     .unwrap_or_else(|| "2024-10-21".into()),
@@ -255,7 +280,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 }
                 ProviderSettings::Compatible {
                     base_url: url("OPENAI_BASE_URL", None)?,
-                    api_key: key("OPENAI_API_KEY"),
+                    api_key: self.key("OPENAI_API_KEY"),
                     limits: Limits {
                         inputs_per_request: inputs,
                         tokens_per_input: per_input,
@@ -305,6 +330,28 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             requests_per_minute: self.optional("BACKFILL_RPM_LIMIT")?,
             shares: self.optional("BACKFILL_RATE_SHARES")?.unwrap_or(1),
         })
+    }
+
+    /// How often keys from Secrets Manager are read again, at most: a
+    /// rotated key is in use this long after the rotation at the latest, and
+    /// at once where the old one is refused.
+    pub fn key_refresh(&self) -> Result<Duration, ConfigError> {
+        let name = "BACKFILL_KEY_REFRESH_MINUTES";
+        let minutes = match self.get(name) {
+            None => 10,
+            Some(v) => match v.parse::<u64>() {
+                Ok(m) if (1..=1440).contains(&m) => m,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name,
+                        value: v,
+                        reason: "it must be a whole number of minutes from 1 to 1440 (a day)"
+                            .into(),
+                    })
+                }
+            },
+        };
+        Ok(Duration::from_secs(minutes * 60))
     }
 
     pub fn queue(&self) -> Result<QueueConfig, ConfigError> {
@@ -398,7 +445,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 
 /// Settings from the process environment.
 pub fn process_env() -> Env<impl Fn(&str) -> Option<String>> {
-    Env(|name: &str| std::env::var(name).ok())
+    Env::new(|name: &str| std::env::var(name).ok())
 }
 
 fn validate_ident(v: &str) -> Result<(), String> {

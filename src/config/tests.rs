@@ -6,7 +6,7 @@ fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Env(move |k: &str| map.get(k).cloned())
+    Env::new(move |k: &str| map.get(k).cloned())
 }
 
 #[test]
@@ -90,4 +90,21 @@ fn identifiers_are_validated() {
     let err = e.target().unwrap_err().to_string();
     assert!(err.contains("BACKFILL_TABLE"), "{err}");
     assert_eq!(env(&[]).target().unwrap().table, "lovdata_documents");
+}
+
+#[test]
+fn the_key_refresh_is_minutes_within_a_day() {
+    assert_eq!(env(&[]).key_refresh(), Ok(Duration::from_secs(600)));
+    let one = env(&[("BACKFILL_KEY_REFRESH_MINUTES", "1440")]);
+    assert_eq!(one.key_refresh(), Ok(Duration::from_secs(86_400)));
+    for wrong in ["0", "1441", "-5", "2.5", "ten"] {
+        let err = env(&[("BACKFILL_KEY_REFRESH_MINUTES", wrong)])
+            .key_refresh()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BACKFILL_KEY_REFRESH_MINUTES") && err.contains("1 to 1440"),
+            "{err}"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use super::openai::{self, Names};
 use super::tokens::Tokenizer;
 use super::{EmbedError, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
+use crate::keys::Key;
 use crate::rate::RateSignals;
 use crate::secret::Secret;
 use crate::store::Mode;
@@ -19,7 +20,7 @@ const NAMES: Names = Names {
 #[derive(Debug)]
 pub struct Azure {
     url: String,
-    key: Option<Secret>,
+    key: Option<Key>,
     /// The model the deployment serves: it decides the tokenizer, the limits,
     /// the price and whether `dimensions` may be sent.
     model: String,
@@ -83,10 +84,19 @@ impl Provider for Azure {
         "AZURE_OPENAI_ENDPOINT"
     }
 
-    fn request(&self, http: &reqwest::Client, inputs: &[&str]) -> reqwest::RequestBuilder {
+    fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        key: Option<&Secret>,
+        inputs: &[&str],
+    ) -> reqwest::RequestBuilder {
         let body = openai::body(None, &self.model, self.dimensions, inputs, true);
         let mut req = http.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
+        if let Some(key) = key {
             req = req.header("api-key", key.expose());
         }
         req

@@ -7,6 +7,7 @@ use super::openai::{self, Names};
 use super::tokens::Tokenizer;
 use super::{EmbedError, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
+use crate::keys::Key;
 use crate::rate::RateSignals;
 use crate::secret::Secret;
 use crate::store::Mode;
@@ -20,7 +21,7 @@ const NAMES: Names = Names {
 #[derive(Debug)]
 pub struct Compatible {
     url: String,
-    key: Option<Secret>,
+    key: Option<Key>,
     model: String,
     dimensions: u32,
     limits: Limits,
@@ -90,11 +91,20 @@ impl Provider for Compatible {
         "OPENAI_BASE_URL"
     }
 
-    fn request(&self, http: &reqwest::Client, inputs: &[&str]) -> reqwest::RequestBuilder {
+    fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        key: Option<&Secret>,
+        inputs: &[&str],
+    ) -> reqwest::RequestBuilder {
         // No `dimensions`: most such servers reject it.
         let body = openai::body(Some(&self.model), "", self.dimensions, inputs, false);
         let mut req = http.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
+        if let Some(key) = key {
             req = req.bearer_auth(key.expose());
         }
         req

@@ -16,8 +16,10 @@ pub mod openai;
 pub mod tokens;
 
 use crate::config::{ConfigError, EmbeddingConfig, ProviderSettings};
+use crate::keys::Key;
 use crate::rate::{Governor, RateSignals, TooLong};
 use crate::retry::Backoff;
+use crate::secret::Secret;
 use crate::store::Mode;
 pub use calls::{Calls, Tally};
 pub use openai::BatchTarget;
@@ -89,6 +91,14 @@ impl EmbedError {
         )
     }
 
+    /// The API refused the key: a rotated one may be in its secret by now.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            EmbedError::InvalidKey { .. } | EmbedError::Forbidden { .. }
+        )
+    }
+
     fn server_hint(&self) -> Option<Duration> {
         match self {
             EmbedError::RateLimited { retry_after, .. }
@@ -127,8 +137,16 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Where requests go, for errors and logs, and the setting that says so.
     fn url(&self) -> &str;
     fn url_var(&self) -> &'static str;
-    /// The request for `inputs`, authenticated; the caller sends it.
-    fn request(&self, http: &reqwest::Client, inputs: &[&str]) -> reqwest::RequestBuilder;
+    /// The key requests carry, where the service is given one.
+    fn key(&self) -> Option<&Key>;
+    /// The request for `inputs`, authenticated with `key` (the current value
+    /// of [`Provider::key`]); the caller sends it.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        key: Option<&Secret>,
+        inputs: &[&str],
+    ) -> reqwest::RequestBuilder;
     /// What an answer other than 200 means.
     fn classify(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> EmbedError;
     /// What an answer's headers say of the rate limits.
@@ -254,8 +272,27 @@ impl Embedder {
         }
     }
 
-    /// One request, no retries; tells the governor what the answer said.
+    /// One request, no retries but one with a rotated key where the API
+    /// refused the one used.
     async fn send(&self, inputs: &[&str], calls: &Calls) -> Result<Embeddings, EmbedError> {
+        match self.provider.key() {
+            Some(key) => {
+                key.using(EmbedError::is_refusal, |key| async move {
+                    self.send_with(inputs, Some(&key), calls).await
+                })
+                .await
+            }
+            None => self.send_with(inputs, None, calls).await,
+        }
+    }
+
+    /// One request with `key`; tells the governor what the answer said.
+    async fn send_with(
+        &self,
+        inputs: &[&str],
+        key: Option<&Secret>,
+        calls: &Calls,
+    ) -> Result<Embeddings, EmbedError> {
         let p = &self.provider;
         let transport = |e: reqwest::Error| {
             calls.unanswered();
@@ -267,7 +304,7 @@ impl Embedder {
         };
         let sent = Instant::now();
         let response = p
-            .request(&self.http, inputs)
+            .request(&self.http, key, inputs)
             .send()
             .await
             .map_err(transport)?;

@@ -5,6 +5,7 @@
 use super::lines::Lines;
 use crate::embedder::{BatchTarget, EmbedError};
 use crate::retry::Backoff;
+use crate::secret::Secret;
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -184,8 +185,32 @@ impl BatchApi {
         self.target.request(&self.http, method, path)
     }
 
-    /// Sends once; an answer other than 2xx becomes the error it means.
+    /// Sends once with the current key, and once more with a rotated one
+    /// when the API refused it. An upload's streamed body cannot go twice:
+    /// its refusal still reads the secret again, for the next tick.
     async fn send(&self, req: RequestBuilder, path: &str) -> Result<reqwest::Response, EmbedError> {
+        let Some(key) = self.target.key() else {
+            return self.send_with(req, None, path).await;
+        };
+        let spare = req.try_clone();
+        let used = key.current().await;
+        match self.send_with(req, Some(&used), path).await {
+            Err(e) if e.is_refusal() => match (key.refused(&used).await, spare) {
+                (Some(new), Some(req)) => self.send_with(req, Some(&new), path).await,
+                _ => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Sends with `key`; an answer other than 2xx becomes the error it means.
+    async fn send_with(
+        &self,
+        req: RequestBuilder,
+        key: Option<&Secret>,
+        path: &str,
+    ) -> Result<reqwest::Response, EmbedError> {
+        let req = self.target.authorize(req, key);
         let response = req.send().await.map_err(|e| EmbedError::Transport {
             url: self.target.url(path),
             url_var: "OPENAI_BASE_URL",

@@ -78,7 +78,7 @@ impl Stack {
     }
 
     pub fn env(&self) -> Env<impl Fn(&str) -> Option<String> + '_> {
-        Env(move |name: &str| self.vars.get(name).cloned())
+        Env::new(move |name: &str| self.vars.get(name).cloned())
     }
 
     pub fn store(&self) -> Arc<dyn Store> {

@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("openai-standin listening on {}", listener.local_addr()?);
     let config = Config {
-        api_key: args.api_key,
+        api_key: args.api_key.into(),
         dimensions: args.dimensions,
         latency: Duration::from_millis(args.latency_ms),
         latency_per_1k_tokens: Duration::from_millis(args.latency_per_1k_tokens_ms),

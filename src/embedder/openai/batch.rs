@@ -4,6 +4,7 @@
 
 use super::{body, classify, decode_value, NAMES};
 use crate::embedder::{EmbedError, Embeddings};
+use crate::keys::Key;
 use crate::secret::Secret;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -12,7 +13,7 @@ use serde_json::Value;
 #[derive(Clone, Debug)]
 pub struct BatchTarget {
     base_url: String,
-    key: Option<Secret>,
+    key: Option<Key>,
     model: String,
     dimensions: u32,
 }
@@ -28,7 +29,7 @@ impl BatchTarget {
     pub const MAX_FILE_BYTES: u64 = 200 * 1024 * 1024;
     pub const COMPLETION_WINDOW: &'static str = "24h";
 
-    pub(super) fn new(base_url: &str, key: Option<Secret>, model: &str, dimensions: u32) -> Self {
+    pub(super) fn new(base_url: &str, key: Option<Key>, model: &str, dimensions: u32) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             key,
@@ -46,15 +47,29 @@ impl BatchTarget {
         format!("{}{path}", self.base_url)
     }
 
-    /// A request to `path`, authenticated with the provider's key.
+    /// The provider's key, where it is given one.
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// A request to `path`; [`BatchTarget::authorize`] adds the key when it
+    /// is sent, so a request refused for a rotated key can go again.
     pub fn request(
         &self,
         http: &reqwest::Client,
         method: reqwest::Method,
         path: &str,
     ) -> reqwest::RequestBuilder {
-        let req = http.request(method, self.url(path));
-        match &self.key {
+        http.request(method, self.url(path))
+    }
+
+    /// `req` with `key` as the provider takes it.
+    pub fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+        key: Option<&Secret>,
+    ) -> reqwest::RequestBuilder {
+        match key {
             Some(key) => req.bearer_auth(key.expose()),
             None => req,
         }

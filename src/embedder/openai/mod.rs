@@ -10,6 +10,7 @@ pub use batch::BatchTarget;
 use super::tokens::Tokenizer;
 use super::{EmbedError, Embeddings, Limits, Provider};
 use crate::config::{EmbeddingConfig, ProviderSettings};
+use crate::keys::Key;
 use crate::rate::RateSignals;
 use crate::secret::Secret;
 use crate::store::Mode;
@@ -62,7 +63,7 @@ const NAMES: Names = Names {
 pub struct OpenAi {
     base_url: String,
     url: String,
-    key: Option<Secret>,
+    key: Option<Key>,
     model: String,
     dimensions: u32,
 }
@@ -125,7 +126,16 @@ impl Provider for OpenAi {
         "OPENAI_BASE_URL"
     }
 
-    fn request(&self, http: &reqwest::Client, inputs: &[&str]) -> reqwest::RequestBuilder {
+    fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        key: Option<&Secret>,
+        inputs: &[&str],
+    ) -> reqwest::RequestBuilder {
         let mut req = http.post(&self.url).json(&body(
             Some(&self.model),
             &self.model,
@@ -133,7 +143,7 @@ impl Provider for OpenAi {
             inputs,
             true,
         ));
-        if let Some(key) = &self.key {
+        if let Some(key) = key {
             req = req.bearer_auth(key.expose());
         }
         req

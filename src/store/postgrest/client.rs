@@ -2,7 +2,9 @@
 //! retries, and its failures turned into errors an operator can act on.
 
 use crate::config::{KeySource, SupabaseConfig};
+use crate::keys::Key;
 use crate::retry::Backoff;
+use crate::secret::Secret;
 use crate::store::StoreError;
 use postgrest::Postgrest;
 use serde::de::DeserializeOwned;
@@ -63,6 +65,8 @@ struct PgError {
 #[derive(Clone)]
 pub(super) struct Rest {
     client: Postgrest,
+    /// Goes on each request, not on the client: it may rotate.
+    key: Key,
     url: String,
     key_source: KeySource,
     timeout: Duration,
@@ -79,23 +83,10 @@ impl std::fmt::Debug for Rest {
 }
 
 impl Rest {
-    pub(super) fn new(cfg: &SupabaseConfig) -> Result<Self, StoreError> {
-        let key = cfg.key.expose();
-        // postgrest-rs panics on a value that cannot be a header; refuse it first.
-        if !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err(StoreError::Unauthorized {
-                key_var: cfg.key_source.var_name(),
-                status: 0,
-                message: "the key holds spaces or characters that cannot go in an HTTP header"
-                    .into(),
-            });
-        }
-        let mut client = Postgrest::new(cfg.rest_url.clone()).insert_header("apikey", key);
-        if cfg.key.is_jwt() {
-            client = client.insert_header("Authorization", format!("Bearer {key}"));
-        }
-        Ok(Self {
-            client,
+    pub(super) fn new(cfg: &SupabaseConfig) -> Self {
+        Self {
+            client: Postgrest::new(cfg.rest_url.clone()),
+            key: cfg.key.clone(),
             url: cfg.rest_url.clone(),
             key_source: cfg.key_source,
             timeout: cfg.timeout,
@@ -104,21 +95,37 @@ impl Rest {
                 cap: Duration::from_secs(5),
                 max_attempts: 6,
             },
-        })
+        }
     }
 
     /// Calls `function` with named arguments and decodes its JSON answer,
-    /// retrying transient failures (a restarting database or API) with backoff.
-    /// Every backfill RPC is safe to repeat: their state changes are guarded.
+    /// retrying transient failures (a restarting database or API) with backoff,
+    /// and a refused key once with a rotated one. Every backfill RPC is safe
+    /// to repeat: their state changes are guarded.
     pub(super) async fn rpc<T: DeserializeOwned>(
         &self,
         function: &str,
         args: &Value,
     ) -> Result<T, StoreError> {
+        self.key
+            .using(
+                |e| matches!(e, StoreError::Unauthorized { .. }),
+                |key| async move { self.rpc_with(function, args, &key).await },
+            )
+            .await
+    }
+
+    /// [`Rest::rpc`] with `key`.
+    async fn rpc_with<T: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &Value,
+        key: &Secret,
+    ) -> Result<T, StoreError> {
         let mut attempt = 1;
         let mut timeouts = 0;
         loop {
-            match self.rpc_once(function, args).await {
+            match self.rpc_once(function, args, key).await {
                 Err(StoreError::StatementTimeout { message, .. }) => {
                     timeouts += 1;
                     if timeouts >= STATEMENT_TIMEOUT_ATTEMPTS {
@@ -156,6 +163,7 @@ impl Rest {
         &self,
         function: &str,
         args: &Value,
+        key: &Secret,
     ) -> Result<T, StoreError> {
         let body = match args {
             Value::Object(map) => serde_json::to_string(
@@ -175,7 +183,12 @@ impl Rest {
             url: self.url.clone(),
             reason: describe_transport_error(e),
         };
-        let request = self.client.rpc(function, body).execute();
+        // postgrest-rs's own reqwest: its header types are not this crate's.
+        let mut request = self.client.rpc(function, body).build();
+        for (name, value) in self.auth_headers(key)? {
+            request = request.header(name, value);
+        }
+        let request = request.send();
         let response = tokio::time::timeout(self.timeout, request)
             .await
             .map_err(timed_out)?
@@ -197,6 +210,26 @@ impl Rest {
             });
         }
         Err(self.classify(function, status, &body))
+    }
+
+    /// `apikey`, and `Authorization` for a JWT; Supabase's new
+    /// `sb_secret_...` keys must only go in `apikey`. A key that cannot be a
+    /// header (a space would pass as part of it) is refused before any call.
+    fn auth_headers(&self, key: &Secret) -> Result<Vec<(&'static str, String)>, StoreError> {
+        let text = key.expose();
+        if !text.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(StoreError::Unauthorized {
+                key_var: self.key_source.var_name(),
+                status: 0,
+                message: "the key holds spaces or characters that cannot go in an HTTP header"
+                    .into(),
+            });
+        }
+        let mut headers = vec![("apikey", text.to_string())];
+        if key.is_jwt() {
+            headers.push(("authorization", format!("Bearer {text}")));
+        }
+        Ok(headers)
     }
 
     fn classify(&self, function: &str, status: u16, body: &str) -> StoreError {

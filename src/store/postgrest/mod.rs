@@ -27,11 +27,11 @@ pub struct PostgrestStore {
 }
 
 impl PostgrestStore {
-    pub fn new(cfg: &SupabaseConfig, target: Target) -> Result<Self, StoreError> {
-        Ok(Self {
-            rest: Rest::new(cfg)?,
+    pub fn new(cfg: &SupabaseConfig, target: Target) -> Self {
+        Self {
+            rest: Rest::new(cfg),
             target,
-        })
+        }
     }
 }
 

@@ -8,11 +8,10 @@ use crate::secret::Secret;
 fn rest() -> Rest {
     Rest::new(&SupabaseConfig {
         rest_url: "http://127.0.0.1:9/rest/v1".into(),
-        key: Secret::new("sb_secret_abc"),
+        key: Key::fixed(Secret::new("sb_secret_abc")),
         key_source: KeySource::SecretKey,
         timeout: Duration::from_secs(1),
     })
-    .unwrap()
 }
 
 #[test]
@@ -104,16 +103,41 @@ fn a_refused_key_names_its_variable() {
     assert!(!err.is_transient());
 }
 
-#[test]
-fn a_key_that_cannot_be_a_header_is_refused_before_any_call() {
-    let err = Rest::new(&SupabaseConfig {
+#[tokio::test]
+async fn a_key_that_cannot_be_a_header_is_refused_before_any_call() {
+    // Port 9 answers nothing: an error other than the key's would mean a call.
+    let rest = Rest::new(&SupabaseConfig {
         rest_url: "http://127.0.0.1:9/rest/v1".into(),
-        key: Secret::new("sb_secret_abc def"),
+        key: Key::fixed(Secret::new("sb_secret_abc def")),
         key_source: KeySource::ServiceRoleKey,
         timeout: Duration::from_secs(1),
-    })
-    .unwrap_err();
+    });
+    let err = rest
+        .rpc::<Value>("backfill_run_status", &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unauthorized { status: 0, .. }),
+        "{err}"
+    );
     let text = err.to_string();
     assert!(text.contains("SUPABASE_SERVICE_ROLE_KEY"), "{text}");
     assert!(!text.contains("abc"), "{text}");
+}
+
+#[test]
+fn the_key_goes_on_each_request_as_supabase_wants_it() {
+    let names = |key: &str| -> Vec<String> {
+        rest()
+            .auth_headers(&Secret::new(key))
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    assert_eq!(names("sb_secret_abc"), ["apikey"]);
+    assert_eq!(
+        names("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.abc"),
+        ["apikey", "authorization"]
+    );
 }
