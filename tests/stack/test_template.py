@@ -527,7 +527,13 @@ def expected_permissions(d):
             ("lambda:InvokeFunction", dispatcher),
             ("lambda:InvokeFunction", dispatcher + ":*"),
         },
-        "worker": {("secretsmanager:GetSecretValue", supabase), ("secretsmanager:GetSecretValue", openai)},
+        "worker": {
+            ("secretsmanager:GetSecretValue", supabase),
+            ("secretsmanager:GetSecretValue", openai),
+            ("sqs:ReceiveMessage", work),
+            ("sqs:DeleteMessage", work),
+            ("sqs:GetQueueAttributes", work),
+        },
         "poller": {("secretsmanager:GetSecretValue", supabase), ("secretsmanager:GetSecretValue", openai)},
     }
     key = d.params.get("SecretKmsKeyArn")
@@ -539,8 +545,8 @@ def expected_permissions(d):
 
 MANAGED = {
     "dispatcher": {"service-role/AWSLambdaBasicExecutionRole"},
-    # SAM attaches the SQS one for the event source mapping.
-    "worker": {"service-role/AWSLambdaBasicExecutionRole", "service-role/AWSLambdaSQSQueueExecutionRole"},
+    # Its own role, without the SQS one SAM would attach (SQS actions on `*`).
+    "worker": {"service-role/AWSLambdaBasicExecutionRole"},
     "poller": {"service-role/AWSLambdaBasicExecutionRole"},
 }
 
