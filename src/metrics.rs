@@ -12,11 +12,16 @@
 //! figures stay a query away.
 
 use crate::config::MetricsConfig;
+use crate::embedder::Tally;
+use crate::ids::RunId;
 use metrique::emf::Emf;
 use metrique::unit::Count;
 use metrique::unit_of_work::metrics;
 use metrique::writer::sink::FlushImmediately;
-use metrique::writer::{BoxEntrySink, Entry, EntryIoStream, EntryIoStreamExt, FormatExt};
+use metrique::writer::{
+    BoxEntrySink, Entry, EntryIoStream, EntryIoStreamExt, EntrySink, FormatExt,
+};
+use metrique::{CloseValue, InflectableEntry, RootMetric};
 use std::time::{Duration, SystemTime};
 
 /// Where records go; off, they go nowhere and cost nothing.
@@ -80,21 +85,15 @@ impl Metrics {
         )))
     }
 
-    pub fn batch(&self, record: BatchRecord) {
+    /// Writes one record (a [`BatchRecord`], [`DispatchRecord`] or
+    /// [`TickRecord`]) at once.
+    pub fn write<R>(&self, record: R)
+    where
+        R: CloseValue<Closed: InflectableEntry>,
+        BoxEntrySink: EntrySink<RootMetric<R>>,
+    {
         if let Some(sink) = &self.0 {
-            drop(record.append_on_drop(sink.clone()));
-        }
-    }
-
-    pub fn dispatch(&self, record: DispatchRecord) {
-        if let Some(sink) = &self.0 {
-            drop(record.append_on_drop(sink.clone()));
-        }
-    }
-
-    pub fn tick(&self, record: TickRecord) {
-        if let Some(sink) = &self.0 {
-            drop(record.append_on_drop(sink.clone()));
+            drop(metrique::append_and_close(record, sink.clone()));
         }
     }
 }
@@ -139,6 +138,31 @@ pub struct BatchRecord {
     pub batches_failed: u64,
 }
 
+impl BatchRecord {
+    /// A delivery of a batch of `run` whose requests met `tally` (costing
+    /// `cost_usd`); the caller adds what the status row counted and how long
+    /// the delivery took.
+    pub fn of(run: RunId, tally: &Tally, cost_usd: f64) -> Self {
+        Self {
+            timestamp: SystemTime::now(),
+            run: run.to_string(),
+            documents_embedded: 0,
+            documents_skipped: 0,
+            documents_failed: 0,
+            tokens: tally.billed_tokens,
+            cost_usd,
+            api_requests: tally.requests,
+            api_throttled: tally.throttled,
+            api_server_errors: tally.server_errors,
+            api_latency: mean(&tally.latencies),
+            batch_duration: Duration::ZERO,
+            rate_wait: tally.rate_wait,
+            batches_done: 0,
+            batches_failed: 0,
+        }
+    }
+}
+
 /// One dispatcher invocation that queued batches for a run.
 #[metrics(emf::dimension_sets = [["Run"], []], rename_all = "PascalCase")]
 pub struct DispatchRecord {
@@ -172,7 +196,7 @@ pub struct TickRecord {
 }
 
 /// The mean of `all`, if any.
-pub fn mean(all: &[Duration]) -> Option<Duration> {
+fn mean(all: &[Duration]) -> Option<Duration> {
     let n = u32::try_from(all.len()).ok().filter(|n| *n > 0)?;
     Some(all.iter().sum::<Duration>() / n)
 }
@@ -213,7 +237,7 @@ mod tests {
     fn a_batch_is_one_record_with_units_and_both_dimension_sets() {
         let buffer = Captured::default();
         let metrics = buffer.metrics("stack-worker");
-        metrics.batch(batch(&[
+        metrics.write(batch(&[
             Duration::from_millis(400),
             Duration::from_millis(600),
         ]));
@@ -256,7 +280,7 @@ mod tests {
     fn a_batch_without_answers_has_no_latency() {
         let buffer = Captured::default();
         let metrics = buffer.metrics("stack-worker");
-        metrics.batch(batch(&[]));
+        metrics.write(batch(&[]));
         let records = buffer.records();
         assert!(
             !records[0].to_string().contains("\"ApiLatency\""),
@@ -308,7 +332,7 @@ mod tests {
 
     #[test]
     fn off_writes_nothing() {
-        Metrics::off().batch(batch(&[]));
+        Metrics::off().write(batch(&[]));
         assert_eq!(format!("{:?}", Metrics::off()), "Metrics(off)");
     }
 }

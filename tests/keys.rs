@@ -10,7 +10,9 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{backfill, insert_texts, json_of, options, run_of, unique, Gateway, Stack};
+use common::{
+    backfill, insert_texts, json_of, options, run_of, standin_stats, unique, Gateway, Stack,
+};
 use devstack::standin;
 use embed_backfill::dispatch::Dispatcher;
 use embed_backfill::embedder::EmbedError;
@@ -35,25 +37,16 @@ struct Moto {
 
 impl Moto {
     fn new(stack: &Stack) -> Arc<Self> {
-        let creds = aws_sdk_secretsmanager::config::Credentials::new(
-            stack.var("AWS_ACCESS_KEY_ID"),
-            stack.var("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "stack",
-        );
-        let cfg = aws_sdk_secretsmanager::config::Builder::new()
-            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(aws_sdk_secretsmanager::config::Region::new(
-                stack.var("AWS_REGION"),
-            ))
-            .endpoint_url(stack.var("AWS_ENDPOINT_URL"))
-            .credentials_provider(creds)
-            .build();
         Arc::new(Self {
-            client: aws_sdk_secretsmanager::Client::from_conf(cfg),
+            client: stack.secrets_client(),
             reads: AtomicUsize::new(0),
         })
+    }
+
+    /// A secret holding the stack's Supabase key; its ARN.
+    async fn supabase_secret(&self, stack: &Stack) -> String {
+        self.create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
+            .await
     }
 
     /// A secret holding `keys`; its ARN.
@@ -117,13 +110,9 @@ impl LiveStandin {
 
     /// Its 401 answers.
     async fn refusals(&self) -> u64 {
-        let stats: serde_json::Value = reqwest::get(format!("{}/stats", self.url))
-            .await
+        standin_stats(&self.url).await["status_401"]
+            .as_u64()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        stats["status_401"].as_u64().unwrap()
     }
 }
 
@@ -143,6 +132,23 @@ fn keyless(stack: &Stack, embeddings: &str, secrets: &[(&str, &str)]) -> Stack {
         s = s.with(var, arn);
     }
     s
+}
+
+/// Settings that read the embeddings key (`held`, for the server at
+/// `embeddings`) and the stack's Supabase key from two secrets on `moto`;
+/// and the embeddings secret's ARN, to rotate.
+async fn two_secrets(stack: &Stack, moto: &Moto, embeddings: &str, held: &str) -> (Stack, String) {
+    let openai = moto.create(json!({ "OPENAI_API_KEY": held })).await;
+    let supabase = moto.supabase_secret(stack).await;
+    let settings = keyless(
+        stack,
+        embeddings,
+        &[
+            ("BACKFILL_OPENAI_SECRET_ID", &openai),
+            ("BACKFILL_SUPABASE_SECRET_ID", &supabase),
+        ],
+    );
+    (settings, openai)
 }
 
 /// A warm worker: its settings read once, as at a cold start.
@@ -214,18 +220,7 @@ async fn a_rotated_embeddings_key_is_taken_after_one_refusal() {
     let moto = Moto::new(&stack);
     let (a, b) = (openai_key(), openai_key());
     let live = LiveStandin::start(&a).await;
-    let openai = moto.create(json!({ "OPENAI_API_KEY": a })).await;
-    let supabase = moto
-        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
-        .await;
-    let settings = keyless(
-        &stack,
-        &live.url,
-        &[
-            ("BACKFILL_OPENAI_SECRET_ID", &openai),
-            ("BACKFILL_SUPABASE_SECRET_ID", &supabase),
-        ],
-    );
+    let (settings, openai) = two_secrets(&stack, &moto, &live.url, &a).await;
     let warm = warm(&settings, &moto, LONG).await;
     let (run, messages) = warm.dispatch(&stack, 2).await;
     warm.worker.handle(&messages[0], None).await.unwrap();
@@ -249,18 +244,7 @@ async fn an_old_key_is_read_again_before_use_without_a_refusal() {
     let moto = Moto::new(&stack);
     let (a, b) = (openai_key(), openai_key());
     let live = LiveStandin::start(&a).await;
-    let openai = moto.create(json!({ "OPENAI_API_KEY": a })).await;
-    let supabase = moto
-        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
-        .await;
-    let settings = keyless(
-        &stack,
-        &live.url,
-        &[
-            ("BACKFILL_OPENAI_SECRET_ID", &openai),
-            ("BACKFILL_SUPABASE_SECRET_ID", &supabase),
-        ],
-    );
+    let (settings, openai) = two_secrets(&stack, &moto, &live.url, &a).await;
     let refresh_every = Duration::from_millis(300);
     let warm = warm(
         &settings,
@@ -291,18 +275,7 @@ async fn a_key_that_stays_wrong_fails_after_one_read_not_a_loop() {
     let moto = Moto::new(&stack);
     let wrong = format!("sk-wrong-{}", unique("k"));
     let live = LiveStandin::start(&openai_key()).await;
-    let openai = moto.create(json!({ "OPENAI_API_KEY": wrong })).await;
-    let supabase = moto
-        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
-        .await;
-    let settings = keyless(
-        &stack,
-        &live.url,
-        &[
-            ("BACKFILL_OPENAI_SECRET_ID", &openai),
-            ("BACKFILL_SUPABASE_SECRET_ID", &supabase),
-        ],
-    );
+    let (settings, _) = two_secrets(&stack, &moto, &live.url, &wrong).await;
     let warm = warm(&settings, &moto, LONG).await;
     let (_, messages) = warm.dispatch(&stack, 2).await;
     for (message, refusals) in messages.iter().zip([1, 2]) {
@@ -369,9 +342,7 @@ async fn a_rotated_supabase_key_is_taken_after_one_refusal() {
 async fn the_dispatcher_needs_only_the_supabase_secret() {
     let stack = Stack::load();
     let moto = Moto::new(&stack);
-    let supabase = moto
-        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
-        .await;
+    let supabase = moto.supabase_secret(&stack).await;
     let settings = keyless(
         &stack,
         &stack.var("STANDIN_URL"),
@@ -404,9 +375,7 @@ async fn the_dispatcher_needs_only_the_supabase_secret() {
 async fn the_cli_reads_the_secrets_its_environment_names() {
     let stack = Stack::load();
     let moto = Moto::new(&stack);
-    let supabase = moto
-        .create(json!({ "SUPABASE_SECRET_KEY": stack.var("SUPABASE_SECRET_KEY") }))
-        .await;
+    let supabase = moto.supabase_secret(&stack).await;
     let openai = moto
         .create(json!({ "OPENAI_API_KEY": stack.var("OPENAI_API_KEY") }))
         .await;

@@ -281,29 +281,10 @@ async fn deliver(
     }
 }
 
-async fn secrets_client(stack: &Stack) -> aws_sdk_secretsmanager::Client {
-    let creds = aws_sdk_secretsmanager::config::Credentials::new(
-        stack.var("AWS_ACCESS_KEY_ID"),
-        stack.var("AWS_SECRET_ACCESS_KEY"),
-        None,
-        None,
-        "stack",
-    );
-    let cfg = aws_sdk_secretsmanager::config::Builder::new()
-        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new(
-            stack.var("AWS_REGION"),
-        ))
-        .endpoint_url(stack.var("AWS_ENDPOINT_URL"))
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(cfg)
-}
-
 /// A secret holding `text`; its ARN.
 async fn secret(stack: &Stack, text: &str) -> String {
-    secrets_client(stack)
-        .await
+    stack
+        .secrets_client()
         .create_secret()
         .name(unique("embed-backfill/keys"))
         .secret_string(text)

@@ -1377,6 +1377,25 @@ mod tests {
         format!("http://{addr}")
     }
 
+    /// A `/v1/files` upload's body: `purpose` and a file `name` holding `content`.
+    fn multipart(purpose: &str, name: &str, content: &str) -> String {
+        format!("--b0\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n{content}\r\n--b0--\r\n")
+    }
+
+    /// Uploads `body` with the test key; the file object.
+    async fn upload(http: &reqwest::Client, base: &str, body: String) -> Value {
+        http.post(format!("{base}/v1/files"))
+            .bearer_auth("sk-test")
+            .header("content-type", "multipart/form-data; boundary=b0")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn files_list_in_creation_order_with_a_cursor() {
         let base = spawn(standin::Config {
@@ -1392,18 +1411,7 @@ mod tests {
             ("user_data", "b.txt"),
             ("batch", "c.jsonl"),
         ] {
-            let body = format!("--b0\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n{{}}\r\n--b0--\r\n");
-            let file: Value = http
-                .post(format!("{base}/v1/files"))
-                .bearer_auth("sk-test")
-                .header("content-type", "multipart/form-data; boundary=b0")
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let file = upload(&http, &base, multipart(purpose, name, "{}")).await;
             ids.push(file["id"].as_str().unwrap().to_string());
         }
         let ids_at = |at: &[usize]| -> Vec<String> { at.iter().map(|&i| ids[i].clone()).collect() };
@@ -1491,7 +1499,7 @@ mod tests {
             line("ok", json!("Lov om arv")),
             line("bad", json!("x [[fail:400]]"))
         );
-        let body = format!("--b0\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n{input}\r\n--b0--\r\n");
+        let body = multipart("batch", "in.jsonl", &input);
         let unauthorised = http
             .post(format!("{base}/v1/files"))
             .header("content-type", "multipart/form-data; boundary=b0")
@@ -1500,17 +1508,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(unauthorised.status(), 401);
-        let file: Value = http
-            .post(format!("{base}/v1/files"))
-            .bearer_auth("sk-test")
-            .header("content-type", "multipart/form-data; boundary=b0")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let file = upload(&http, &base, body).await;
         assert_eq!(file["bytes"].as_u64().unwrap() as usize, input.len());
         let created: Value = http
             .post(format!("{base}/v1/batches"))

@@ -261,7 +261,7 @@ impl<Q: Queue> Dispatcher<Q> {
         started: StdInstant,
     ) {
         let was = |f: fn(&DispatchSummary) -> u64| before.map_or(0, f);
-        self.metrics.dispatch(DispatchRecord {
+        self.metrics.write(DispatchRecord {
             timestamp: SystemTime::now(),
             run: run.to_string(),
             batches_queued: after.batches.saturating_sub(was(|s| s.batches)),

@@ -226,7 +226,7 @@ impl Poller {
             errors = report.errors.len(),
             "batch jobs polled"
         );
-        self.metrics.tick(TickRecord {
+        self.metrics.write(TickRecord {
             timestamp: SystemTime::now(),
             jobs_submitted: report.submitted,
             jobs_collected: report.collected,

@@ -15,7 +15,7 @@ use crate::embedder::{Calls, Embedder};
 use crate::failpoint;
 use crate::ids::{BatchSeq, DocumentId, RunId};
 use crate::inputs::{Combined, Inputs};
-use crate::metrics::{self, BatchRecord, Metrics};
+use crate::metrics::{BatchRecord, Metrics};
 use crate::queue::{BatchMessage, IncomingMessage};
 use crate::store::{BatchState, FailedDocument, FailureRecord, Mode, Store, VectorRow};
 use futures::future::join_all;
@@ -23,8 +23,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant as StdInstant;
-use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -196,23 +196,8 @@ impl Worker {
             None => work.await,
         };
         let tally = calls.tally();
-        let mut record = BatchRecord {
-            timestamp: SystemTime::now(),
-            run: m.run_id.to_string(),
-            documents_embedded: 0,
-            documents_skipped: 0,
-            documents_failed: 0,
-            tokens: 0,
-            cost_usd: 0.0,
-            api_requests: 0,
-            api_throttled: 0,
-            api_server_errors: 0,
-            api_latency: None,
-            batch_duration: Duration::ZERO,
-            rate_wait: Duration::ZERO,
-            batches_done: 0,
-            batches_failed: 0,
-        };
+        let cost = self.provider().cost_usd(tally.billed_tokens, Mode::Direct);
+        let mut record = BatchRecord::of(m.run_id, &tally, cost);
         match &result {
             Ok(r) => {
                 if r.counted {
@@ -251,15 +236,8 @@ impl Worker {
                 record.batches_failed = u64::from(failure.counted);
             }
         }
-        record.tokens = tally.billed_tokens;
-        record.cost_usd = self.provider().cost_usd(tally.billed_tokens, Mode::Direct);
-        record.api_requests = tally.requests;
-        record.api_throttled = tally.throttled;
-        record.api_server_errors = tally.server_errors;
-        record.api_latency = metrics::mean(&tally.latencies);
-        record.rate_wait = tally.rate_wait;
         record.batch_duration = started.elapsed();
-        self.metrics.batch(record);
+        self.metrics.write(record);
         result
     }
 

@@ -204,6 +204,16 @@ impl Stack {
     }
 
     pub async fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.aws())
+    }
+
+    /// The stack's Secrets Manager (moto).
+    pub fn secrets_client(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.aws())
+    }
+
+    /// The AWS SDK's settings for the stack's moto.
+    fn aws(&self) -> aws_config::SdkConfig {
         let creds = aws_sdk_sqs::config::Credentials::new(
             self.var("AWS_ACCESS_KEY_ID"),
             self.var("AWS_SECRET_ACCESS_KEY"),
@@ -211,13 +221,12 @@ impl Stack {
             None,
             "stack",
         );
-        let cfg = aws_sdk_sqs::config::Builder::new()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new(self.var("AWS_REGION")))
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(self.var("AWS_REGION")))
             .endpoint_url(self.var("AWS_ENDPOINT_URL"))
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_sqs::Client::from_conf(cfg)
+            .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(creds))
+            .build()
     }
 
     /// The vectors the stack's embeddings server gives `texts`, 100 a request.
@@ -474,13 +483,18 @@ impl Standin {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/stats", self.url))
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json")
+        standin_stats(&self.url).await
     }
+}
+
+/// The counters of the embeddings server at `url`.
+pub async fn standin_stats(url: &str) -> serde_json::Value {
+    reqwest::get(format!("{url}/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json")
 }
 
 impl Drop for Standin {
